@@ -1,0 +1,304 @@
+"""Building parts shared by every family: conv-norm-act, LRN, squeeze-excitation, pooling.
+
+Each part reproduces the PyTorch reference's arithmetic exactly (explicit symmetric padding,
+ceil-mode max pooling through asymmetric -inf padding, adaptive average pooling bins,
+BatchNorm momentum/epsilon), so that converted torchvision/timm weights compute the same
+function. Parameters are float32; `dtype` is the compute dtype; BatchNorm statistics stay
+float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Activation = Callable[[Array], Array]
+
+# PyTorch's BatchNorm momentum 0.1 updates running = 0.9 * running + 0.1 * batch: flax's 0.9.
+TORCH_BN_MOMENTUM = 0.9
+TORCH_BN_EPS = 1e-5
+
+he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+"""torchvision ResNet/VGG conv init: kaiming_normal_(mode='fan_out', nonlinearity='relu')."""
+
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+"""PyTorch's default Linear/Conv weight init: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """(k, k) from an int, or the pair itself."""
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(value)  # type: ignore[return-value]
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int],
+    *,
+    stride: int = 1,
+    padding: int | Sequence[int] | None = None,
+    groups: int = 1,
+    bias: bool = False,
+    kernel_init: nnx.Initializer = he_normal_fan_out,
+    bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """A convolution with PyTorch's explicit symmetric padding (default: kernel // 2)."""
+    kh, kw = pair(kernel_size)
+    ph, pw = pair(padding) if padding is not None else (kh // 2, kw // 2)
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(kh, kw),
+        strides=(stride, stride),
+        padding=((ph, ph), (pw, pw)),
+        feature_group_count=groups,
+        use_bias=bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+def batch_norm(
+    num_features: int,
+    *,
+    eps: float = TORCH_BN_EPS,
+    momentum: float = TORCH_BN_MOMENTUM,
+    scale_init: nnx.Initializer = nnx.initializers.ones_init(),
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.BatchNorm:
+    """BatchNorm with PyTorch's defaults; statistics and parameters in float32."""
+    return nnx.BatchNorm(
+        num_features,
+        momentum=momentum,
+        epsilon=eps,
+        scale_init=scale_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    *,
+    kernel_init: nnx.Initializer | None = None,
+    bias_init: nnx.Initializer | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A dense layer; defaults to PyTorch's nn.Linear initialisation."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=kernel_init or torch_default_init,
+        bias_init=bias_init or torch_default_bias_init(in_features),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default bias init for Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class ConvNormAct(nnx.Module):
+    """conv -> optional BatchNorm -> optional activation: the unit of every modern net here."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        *,
+        stride: int = 1,
+        padding: int | Sequence[int] | None = None,
+        groups: int = 1,
+        norm: bool = True,
+        act: Activation | None = jax.nn.relu,
+        bias: bool | None = None,
+        bn_eps: float = TORCH_BN_EPS,
+        zero_init_norm: bool = False,
+        kernel_init: nnx.Initializer = he_normal_fan_out,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            groups=groups,
+            bias=(not norm) if bias is None else bias,
+            kernel_init=kernel_init,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.bn = (
+            batch_norm(
+                out_channels,
+                eps=bn_eps,
+                scale_init=nnx.initializers.zeros_init()
+                if zero_init_norm
+                else nnx.initializers.ones_init(),
+                dtype=dtype,
+                rngs=rngs,
+            )
+            if norm
+            else None
+        )
+        self.act = act
+
+    def __call__(self, x: Array) -> Array:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+class LocalResponseNorm(nnx.Module):
+    """The AlexNet paper's LRN across channels: b = a / (k + alpha * sum_{n nbrs} a^2)^beta.
+
+    `alpha` is the paper's (not divided by `size`); PyTorch's LocalResponseNorm(size, alpha',
+    beta, k) divides its alpha' by size, so paper alpha=1e-4 with size 5 is PyTorch's 5e-4.
+    The window is centred on each channel: size // 2 before and (size - 1) // 2 after, zeros
+    beyond the edges, as PyTorch.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        self.size = size
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
+
+    def __call__(self, x: Array) -> Array:
+        squared = jnp.square(x.astype(jnp.float32))
+        before, after = self.size // 2, (self.size - 1) // 2
+        window_sum = jax.lax.reduce_window(
+            squared,
+            0.0,
+            jax.lax.add,
+            window_dimensions=(1, 1, 1, self.size),
+            window_strides=(1, 1, 1, 1),
+            padding=((0, 0), (0, 0), (0, 0), (before, after)),
+        )
+        denominator = (self.k + self.alpha * window_sum) ** self.beta
+        return (x.astype(jnp.float32) / denominator).astype(x.dtype)
+
+
+class SqueezeExcite(nnx.Module):
+    """Squeeze-and-excitation (Hu et al.): global pool, FC-ReLU-FC-sigmoid, channel rescale.
+
+    The two FC layers are 1x1 convolutions with bias, as timm's `fc1`/`fc2`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        *,
+        reduced_channels: int | None = None,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        hidden = reduced_channels or channels // reduction
+        self.fc1 = conv2d(channels, hidden, 1, bias=True, dtype=dtype, rngs=rngs)
+        self.fc2 = conv2d(hidden, channels, 1, bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = jax.nn.relu(self.fc1(s))
+        s = jax.nn.sigmoid(self.fc2(s))
+        return x * s
+
+
+def max_pool(
+    x: Array,
+    kernel_size: int,
+    stride: int,
+    padding: int = 0,
+    *,
+    ceil_mode: bool = False,
+) -> Array:
+    """PyTorch's MaxPool2d, ceil_mode included, through asymmetric -inf padding.
+
+    With ceil_mode the output size is ceil((n + 2p - k) / s) + 1, dropping a last window that
+    would start inside the right padding, as PyTorch does.
+    """
+    pads = []
+    for n in x.shape[1:3]:
+        extra = 0
+        if ceil_mode:
+            out = math.ceil((n + 2 * padding - kernel_size) / stride) + 1
+            if (out - 1) * stride >= n + padding:
+                out -= 1
+            extra = max(0, (out - 1) * stride + kernel_size - (n + 2 * padding))
+        pads.append((padding, padding + extra))
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        window_dimensions=(1, kernel_size, kernel_size, 1),
+        window_strides=(1, stride, stride, 1),
+        padding=((0, 0), pads[0], pads[1], (0, 0)),
+    )
+
+
+def avg_pool(x: Array, kernel_size: int, stride: int, padding: int = 0) -> Array:
+    """PyTorch's AvgPool2d with count_include_pad=True (zero padding counts in the mean)."""
+    summed = jax.lax.reduce_window(
+        x,
+        jnp.array(0, x.dtype),
+        jax.lax.add,
+        window_dimensions=(1, kernel_size, kernel_size, 1),
+        window_strides=(1, stride, stride, 1),
+        padding=((0, 0), (padding, padding), (padding, padding), (0, 0)),
+    )
+    return summed / (kernel_size * kernel_size)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over H and W: (N, H, W, C) -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def adaptive_avg_pool(x: Array, output_size: int | Sequence[int]) -> Array:
+    """PyTorch's AdaptiveAvgPool2d: bin i spans [floor(i*n/o), ceil((i+1)*n/o)).
+
+    When n is a multiple of o the bins are equal and one reshape does it.
+    """
+    out_h, out_w = pair(output_size)
+    n, h, w, c = x.shape
+    if h % out_h == 0 and w % out_w == 0:
+        return x.reshape(n, out_h, h // out_h, out_w, w // out_w, c).mean(axis=(2, 4))
+    rows = [_adaptive_bin(i, h, out_h) for i in range(out_h)]
+    cols = [_adaptive_bin(j, w, out_w) for j in range(out_w)]
+    pooled_rows = jnp.stack([x[:, a:b].mean(axis=1) for a, b in rows], axis=1)
+    return jnp.stack([pooled_rows[:, :, a:b].mean(axis=2) for a, b in cols], axis=2)
+
+
+def _adaptive_bin(index: int, size: int, bins: int) -> tuple[int, int]:
+    return (index * size) // bins, -((-(index + 1) * size) // bins)

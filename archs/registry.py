@@ -1,0 +1,148 @@
+"""The model registry: names to builders, each with its preprocessing and reference figures.
+
+Families register their networks with `register`; users call `create_model`, `list_models`
+and `model_info` (re-exported by `archs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from archs import references
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a user needs to feed and judge a model.
+
+    Input: images scaled to [0, 1] (`input_range`), then `(x - mean) / std` per channel,
+    resized so the short side is `image_size / crop_pct` and centre-cropped to `image_size`.
+    """
+
+    name: str
+    family: str
+    image_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    aux_weight: float
+    reference_params: int | None
+    reference_gmacs: float | None
+    reference_source: str
+    input_range: tuple[float, float] = (0.0, 1.0)
+    interpolation: str = "bilinear"
+    structure: str = "torchvision"
+    """'torchvision' / 'timm' (that library's exact structure) or 'paper' (the paper's own net)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nnx.Module]
+    info: ModelInfo
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(
+    name: str,
+    builder: Callable[..., nnx.Module],
+    *,
+    family: str,
+    image_size: int = 224,
+    num_classes: int = 1000,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    crop_pct: float = 0.875,
+    aux_weight: float = 0.0,
+    interpolation: str = "bilinear",
+    structure: str = "torchvision",
+) -> None:
+    """Add a model; `builder(num_classes=, rngs=, dtype=, **overrides)` returns the module."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    ref = references.REFERENCES.get(name)
+    info = ModelInfo(
+        name=name,
+        family=family,
+        image_size=image_size,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+        aux_weight=aux_weight,
+        reference_params=ref.params if ref else None,
+        reference_gmacs=ref.gmacs if ref else None,
+        reference_source=ref.source if ref else "",
+        interpolation=interpolation,
+        structure=structure,
+    )
+    _REGISTRY[name] = _Entry(builder, info)
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint} (archs.list_models() lists all {len(_REGISTRY)})"
+        )
+    return _REGISTRY[name]
+
+
+def model_info(name: str) -> ModelInfo:
+    """Preprocessing and reference figures of a registered model."""
+    return _entry(name).info
+
+
+def model_overrides(name: str) -> list[str]:
+    """The keyword overrides `create_model(name, ...)` accepts."""
+    params = inspect.signature(_entry(name).builder).parameters
+    return sorted(p for p in params if p not in ("num_classes", "rngs", "dtype"))
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    dtype: Any = jnp.float32,
+    **overrides: Any,
+) -> nnx.Module:
+    """Build a registered network with float32 parameters and `dtype` compute."""
+    entry = _entry(name)
+    allowed = model_overrides(name)
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown override(s) {', '.join(unknown)} for model {name!r}; allowed: "
+            f"{', '.join(allowed) or 'none'}"
+        )
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return entry.builder(
+        num_classes=num_classes or entry.info.num_classes,
+        rngs=rngs if rngs is not None else nnx.Rngs(0),
+        dtype=dtype,
+        **overrides,
+    )
