@@ -26,6 +26,9 @@ TORCH_BN_EPS = 1e-5
 he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 """torchvision ResNet/VGG conv init: kaiming_normal_(mode='fan_out', nonlinearity='relu')."""
 
+he_normal_fan_in = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+"""PyTorch's kaiming_normal_ with its defaults (mode='fan_in'), as torchvision's DenseNet."""
+
 torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 """PyTorch's default Linear/Conv weight init: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
 
@@ -140,6 +143,7 @@ class ConvNormAct(nnx.Module):
         bn_eps: float = TORCH_BN_EPS,
         zero_init_norm: bool = False,
         kernel_init: nnx.Initializer = he_normal_fan_out,
+        bias_init: nnx.Initializer | None = None,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -152,6 +156,7 @@ class ConvNormAct(nnx.Module):
             groups=groups,
             bias=(not norm) if bias is None else bias,
             kernel_init=kernel_init,
+            bias_init=bias_init or nnx.initializers.zeros_init(),
             dtype=dtype,
             rngs=rngs,
         )
@@ -267,17 +272,56 @@ def max_pool(
     )
 
 
-def avg_pool(x: Array, kernel_size: int, stride: int, padding: int = 0) -> Array:
-    """PyTorch's AvgPool2d with count_include_pad=True (zero padding counts in the mean)."""
-    summed = jax.lax.reduce_window(
-        x,
-        jnp.array(0, x.dtype),
-        jax.lax.add,
-        window_dimensions=(1, kernel_size, kernel_size, 1),
-        window_strides=(1, stride, stride, 1),
-        padding=((0, 0), (padding, padding), (padding, padding), (0, 0)),
-    )
-    return summed / (kernel_size * kernel_size)
+def avg_pool(
+    x: Array, kernel_size: int, stride: int, padding: int = 0, *, count_include_pad: bool = True
+) -> Array:
+    """PyTorch's AvgPool2d: with count_include_pad (its default) zero padding counts in the
+    mean; without, each window is averaged over its positions inside the input only."""
+
+    def window_sum(a: Array) -> Array:
+        return jax.lax.reduce_window(
+            a,
+            jnp.array(0, a.dtype),
+            jax.lax.add,
+            window_dimensions=(1, kernel_size, kernel_size, 1),
+            window_strides=(1, stride, stride, 1),
+            padding=((0, 0), (padding, padding), (padding, padding), (0, 0)),
+        )
+
+    if count_include_pad:
+        return window_sum(x) / (kernel_size * kernel_size)
+    return window_sum(x) / window_sum(jnp.ones((1, *x.shape[1:3], 1), x.dtype))
+
+
+class MaxPool(nnx.Module):
+    """`max_pool` as a parameterless layer: it holds the place of the reference's nn.MaxPool2d
+    in a list of layers, so that the indices after it (hence checkpoint keys) stay the same."""
+
+    def __init__(self, kernel_size: int, stride: int, padding: int = 0, *, ceil_mode: bool = False):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode = ceil_mode
+
+    def __call__(self, x: Array) -> Array:
+        return max_pool(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
+
+
+class AvgPool(nnx.Module):
+    """`avg_pool` as a parameterless layer, the counterpart of nn.AvgPool2d (see `MaxPool`)."""
+
+    def __init__(
+        self, kernel_size: int, stride: int, padding: int = 0, *, count_include_pad: bool = True
+    ):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
+
+    def __call__(self, x: Array) -> Array:
+        return avg_pool(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            count_include_pad=self.count_include_pad,
+        )
 
 
 def global_avg_pool(x: Array) -> Array:

@@ -1,0 +1,335 @@
+"""torchvision/timm checkpoints -> archs model state: `load_pretrained`, `python -m archs.convert`.
+
+Every family names its submodules after the reference's modules, so a torch key is our
+module path joined with dots plus the torch name of the variable, after the family's few
+renames in `KEY_RULES` (see each family module's docstring):
+
+    ours (nnx path)                   torch key                       layout
+    <conv>.kernel   (kh, kw, I/g, O)  <conv>.weight  (O, I/g, kh, kw)  transposed
+    <conv>.bias                       <conv>.bias
+    <linear>.kernel (in, out)         <linear>.weight (out, in)        transposed
+    <linear>.bias                     <linear>.bias
+    <bn>.scale / bias / mean / var    <bn>.weight / bias / running_mean / running_var
+    (none)                            <bn>.num_batches_tracked         ignored
+
+Checkpoint keys are first normalised: a DataParallel `module.` prefix is dropped and
+torchvision's old DenseNet spellings (`denselayer1.norm.1.weight`) become the current ones
+(`denselayer1.norm1.weight`). The classifier (and auxiliary classifiers) are the variables
+whose shapes depend on `num_classes`; when the checkpoint's head does not fit the requested
+`num_classes` they keep their fresh initialisation. Anything else that does not match, a
+missing key, a key left over or a wrong shape, is a `ConversionError` naming the first one.
+
+Readers: `.safetensors` through the `safetensors` package's numpy API (no torch needed);
+`.pth`/`.pt`/`.bin` through `torch.load(path, weights_only=True, map_location='cpu')`, which
+unpickles tensors and plain containers only, never arbitrary code; the result must be a flat
+dict of tensors (a `state_dict`), anything else is refused.
+
+Converted checkpoints (`python -m archs.convert --model NAME --from FILE --out DIR`) are
+written with `orbax.checkpoint.StandardCheckpointer` at DIR, as the plain pytree
+`nnx.to_pure_dict(nnx.state(model))`: nested dicts keyed by our module path (list indices
+are ints in memory, strings on disk: restore with a target), holding every variable
+(parameters, BatchNorm statistics, RNG state) as arrays.
+`restore_state(model, DIR)` puts it back into a model built with the same name,
+`num_classes` and overrides (`--model-kwargs`, which the checkpoint does not record: give
+training the same `config.model_kwargs`); `config.init_from=DIR` does the same at step 0.
+
+Stacked (scanned) blocks would store one leaf for all blocks of a stage; `torch_layout` is the
+one place such a leaf would map to the list of its blocks' keys (stacked on axis 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from archs import registry
+
+StateDict = dict[str, np.ndarray]
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not fit the model; the message names the first problem."""
+
+
+# Per family: (pattern, replacement) applied in order to our dotted module path to get the
+# reference's module path, for the few places where the structures differ in nesting.
+KEY_RULES: dict[str, tuple[tuple[str, str], ...]] = {
+    # torchvision keeps everything but the classifier in a `features` Sequential.
+    "densenet": ((r"^(?!classifier(\.|$))", "features."),),
+    # `features` is our method name, so their `features` Sequential is our `feature_layers`.
+    "alexnet": ((r"^feature_layers\b", "features"),),
+    "vgg": ((r"^feature_layers\b", "features"),),
+}
+
+_OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+
+
+class Source(NamedTuple):
+    """Where one of our variables comes from: a torch key, and the axes that turn its layout
+    into ours (`ours = np.transpose(theirs, axes)`; None when the layouts agree)."""
+
+    key: str
+    axes: tuple[int, ...] | None
+
+    def to_ours(self, value: np.ndarray) -> np.ndarray:
+        return value if self.axes is None else np.transpose(value, self.axes)
+
+    def torch_shape(self, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.axes is None:
+            return tuple(our_shape)
+        return tuple(our_shape[self.axes.index(i)] for i in range(len(self.axes)))
+
+
+_OIHW_TO_HWIO = (2, 3, 1, 0)
+_OUT_IN_TO_IN_OUT = (1, 0)
+
+# Per layer type, our variable name -> (torch variable name, layout axes).
+_LAYER_VARIABLES: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
+    nnx.Conv: {"kernel": ("weight", _OIHW_TO_HWIO), "bias": ("bias", None)},
+    nnx.Linear: {"kernel": ("weight", _OUT_IN_TO_IN_OUT), "bias": ("bias", None)},
+    nnx.BatchNorm: {
+        "scale": ("weight", None),
+        "bias": ("bias", None),
+        "mean": ("running_mean", None),
+        "var": ("running_var", None),
+    },
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> StateDict:
+    """A torch state_dict from `.safetensors` or `.pth`, as numpy arrays with normalised keys."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConversionError(f"checkpoint {path!r} does not exist")
+    raw = _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
+    return normalize_keys(raw)
+
+
+def _read_safetensors(path: str) -> StateDict:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as err:  # the package raises several types for a bad file
+        raise ConversionError(f"cannot read {path!r} as safetensors: {err}") from err
+
+
+def _read_torch(path: str) -> StateDict:
+    try:
+        import torch
+    except ImportError as err:
+        raise ConversionError(
+            f"reading {path!r} needs torch (pip install torch), or convert it to .safetensors"
+        ) from err
+    try:
+        loaded = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # unpickling errors come in many types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConversionError(f"cannot read {path!r} as a torch state_dict: {first_line}") from err
+    if not isinstance(loaded, dict):
+        raise ConversionError(
+            f"{path!r} holds a {type(loaded).__name__}, not a state_dict (a flat dict of tensors)"
+        )
+    for key, value in loaded.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ConversionError(
+                f"{path!r} is not a flat dict of tensors: entry {key!r} is a "
+                f"{type(value).__name__} (save model.state_dict() itself)"
+            )
+    return {
+        key: value.detach().float().numpy() if value.is_floating_point() else value.numpy()
+        for key, value in loaded.items()
+    }
+
+
+def normalize_keys(state_dict: StateDict) -> StateDict:
+    """Drop `num_batches_tracked` and a `module.` prefix; current DenseNet key spellings."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        key = key.removeprefix("module.")
+        out[_OLD_DENSENET_KEY.sub(r"\1\2.", key)] = np.asarray(value)
+    return out
+
+
+def _torch_module_name(path: tuple, family: str) -> str:
+    name = _dotted(path)
+    for pattern, replacement in KEY_RULES.get(family, ()):
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def torch_layout(model: nnx.Module, family: str) -> dict[tuple, Source]:
+    """Our variable path -> its torch source, for every variable of the model's layers.
+
+    Works on abstract models (`nnx.eval_shape`) too: it reads structure only.
+    """
+    layout = {}
+    for module_path, layer in nnx.iter_modules(model):
+        variables = next((v for t, v in _LAYER_VARIABLES.items() if isinstance(layer, t)), None)
+        if variables is None:
+            continue
+        prefix = _torch_module_name(module_path, family)
+        for ours, (theirs, axes) in variables.items():
+            if getattr(layer, ours, None) is not None:
+                layout[(*module_path, ours)] = Source(f"{prefix}.{theirs}", axes)
+    for path, _ in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))):
+        if path not in layout:
+            raise ConversionError(f"our variable {_dotted(path)} has no torch counterpart")
+    return layout
+
+
+def _head_paths(name: str, num_classes: int, overrides: dict[str, Any]) -> set[tuple]:
+    """Variables whose shapes depend on num_classes: the classifier and aux classifiers."""
+
+    def shapes(n: int) -> dict[tuple, tuple]:
+        model = nnx.eval_shape(lambda: registry.create_model(name, num_classes=n, **overrides))
+        return {path: v.shape for path, v in nnx.to_flat_state(nnx.state(model))}
+
+    a, b = shapes(num_classes), shapes(num_classes + 1)
+    return {path for path in a if a[path] != b[path]}
+
+
+def convert_state(
+    model: nnx.Module,
+    state_dict: StateDict,
+    *,
+    family: str,
+    head: set[tuple] = frozenset(),
+    keep_fresh_head: bool = False,
+    label: str = "the model",
+) -> None:
+    """Copy a normalised torch state_dict into `model` in place.
+
+    `head` lists our variable paths that depend on num_classes: with `keep_fresh_head` they
+    keep their initialisation when the checkpoint's shapes differ.
+    """
+    state = nnx.state(model)
+    flat = dict(nnx.to_flat_state(state))
+    layout = torch_layout(model, family)
+    for path, source in layout.items():
+        variable = flat[path]
+        if source.key not in state_dict:
+            raise ConversionError(
+                f"checkpoint has no key {source.key!r} (for {label}'s {_dotted(path)})"
+            )
+        value = source.to_ours(state_dict[source.key])
+        if value.shape != variable.shape:
+            if keep_fresh_head and path in head:
+                continue
+            hint = " (pass num_classes= for a new head)" if path in head else ""
+            raise ConversionError(
+                f"checkpoint key {source.key!r} has shape {tuple(state_dict[source.key].shape)}"
+                f", {label}'s {_dotted(path)} needs {source.torch_shape(variable.shape)}{hint}"
+            )
+        variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    used = {source.key for source in layout.values()}
+    extra = [key for key in state_dict if key not in used]
+    if extra:
+        raise ConversionError(
+            f"checkpoint key {extra[0]!r} matches nothing in {label} ({len(extra)} unused keys)"
+        )
+    nnx.update(model, state)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def load_pretrained(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    **overrides: Any,
+) -> nnx.Module:
+    """Build model `name` and load a torchvision/timm checkpoint into it (eval mode).
+
+    With a `num_classes` the checkpoint's classifier does not fit, the classifier (and aux
+    classifiers) are freshly initialised from `rngs`. `overrides` go to `create_model`: e.g.
+    torchvision's ImageNet GoogLeNet weights expect `transform_input=True`, as torchvision
+    sets when it loads them.
+    """
+    info = registry.model_info(name)
+    model = registry.create_model(name, num_classes=num_classes, rngs=rngs, **overrides)
+    classes = num_classes or info.num_classes
+    convert_state(
+        model,
+        read_checkpoint(path),
+        family=info.family,
+        head=_head_paths(name, classes, overrides),
+        keep_fresh_head=num_classes is not None,
+        label=name,
+    )
+    model.eval()
+    return model
+
+
+def save_state(model: nnx.Module, directory: str | os.PathLike) -> str:
+    """Write `nnx.to_pure_dict(nnx.state(model))` as an orbax checkpoint; returns its path."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory):
+        raise ConversionError(f"{directory!r} already exists; choose a new directory")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory, nnx.to_pure_dict(nnx.state(model)))
+    checkpointer.wait_until_finished()
+    return directory
+
+
+def restore_state(model: nnx.Module, directory: str | os.PathLike) -> nnx.Module:
+    """Load a checkpoint written by `save_state` into `model` (same name and num_classes)."""
+    import orbax.checkpoint as ocp
+
+    state = nnx.state(model)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    restored = ocp.StandardCheckpointer().restore(os.path.abspath(os.fspath(directory)), target)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m archs.convert",
+        description="Convert a torchvision/timm checkpoint into an orbax checkpoint of an archs "
+        "model's state, for training's config.init_from.",
+    )
+    parser.add_argument("--model", required=True, help="an archs model name")
+    parser.add_argument("--from", dest="source", required=True, help=".pth or .safetensors")
+    parser.add_argument("--out", required=True, help="new directory for the orbax checkpoint")
+    parser.add_argument("--num-classes", type=int, default=None, help="fresh head of this size")
+    parser.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="create_model overrides as JSON, e.g. '{\"transform_input\": true}' (use the same "
+        "config.model_kwargs in training)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        model = load_pretrained(
+            args.model, args.source, num_classes=args.num_classes, **args.model_kwargs
+        )
+        out = save_state(model, args.out)
+    except ValueError as err:  # ConversionError, and the registry's bad name or num_classes
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.model} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Inception-ResNet-v2 (Szegedy et al. 2017) as timm 1.0's `inception_resnet_v2`, at 299x299.
+
+Stem (conv2d_1a..conv2d_4a, two 3x3/2 max pools), mixed_5b, 10 Block35 (`repeat`, residual
+scale 0.17), mixed_6a, 20 Block17 (`repeat_1`, 0.10), mixed_7a, 9 Block8 (`repeat_2`, 0.20), a
+last Block8 without ReLU (`block8`, scale 1), conv2d_7b (1536), global average pool, dropout
+(`drop_rate`, timm's, default 0) and `classif`. Every conv unit is conv (no bias) + BatchNorm
+(eps 1e-3) + ReLU with timm's explicit paddings (0 unless stated); the blocks' 1x1 `conv2d` has
+a bias and no norm. The blocks are tables of branches (`MIXED_5B`, `BLOCK35`, ...) built by two
+classes, `Mixed` (branches concatenated) and `ResidualBlock` (`Mixed` + 1x1 conv + scaled
+residual). PyTorch's default initialisation throughout, as timm leaves it.
+
+Module paths are timm's, so a timm key is our path plus the torch variable name with no
+renames: `repeat.0.branch1.1.conv.kernel` <-> `repeat.0.branch1.1.conv.weight`. A branch of
+one layer is that layer (`branch0.conv`), a longer one a list whose indices are timm's
+nn.Sequential indices, pools included (`mixed_5b.branch3.1.conv`: index 0 is the pool).
+
+`features(x)` holds `stem` (after maxpool_5a, 192 channels), `stage1` (after `repeat`, 320),
+`stage2` (after `repeat_1`, 1088), `stage3` (after conv2d_7b, 1536) and `pre_logits`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from archs import layers
+from archs.classifier import Classifier
+from archs.registry import INCEPTION_MEAN, INCEPTION_STD, register
+
+Array = jax.Array
+
+
+class Conv(NamedTuple):
+    """A conv unit (conv + BN + ReLU) of a branch."""
+
+    out: int
+    kernel: int | tuple[int, int]
+    stride: int = 1
+    padding: int | tuple[int, int] = 0
+
+
+class Pool(NamedTuple):
+    """A pooling step of a branch: 'max', or 'avg' (timm's count_include_pad=False)."""
+
+    kind: str
+    kernel: int
+    stride: int
+    padding: int = 0
+
+
+Branch = tuple[Conv | Pool, ...]
+
+MIXED_5B: tuple[Branch, ...] = (
+    (Conv(96, 1),),
+    (Conv(48, 1), Conv(64, 5, padding=2)),
+    (Conv(64, 1), Conv(96, 3, padding=1), Conv(96, 3, padding=1)),
+    (Pool("avg", 3, 1, 1), Conv(64, 1)),
+)
+BLOCK35: tuple[Branch, ...] = (
+    (Conv(32, 1),),
+    (Conv(32, 1), Conv(32, 3, padding=1)),
+    (Conv(32, 1), Conv(48, 3, padding=1), Conv(64, 3, padding=1)),
+)
+MIXED_6A: tuple[Branch, ...] = (
+    (Conv(384, 3, stride=2),),
+    (Conv(256, 1), Conv(256, 3, padding=1), Conv(384, 3, stride=2)),
+    (Pool("max", 3, 2),),
+)
+BLOCK17: tuple[Branch, ...] = (
+    (Conv(192, 1),),
+    (Conv(128, 1), Conv(160, (1, 7), padding=(0, 3)), Conv(192, (7, 1), padding=(3, 0))),
+)
+MIXED_7A: tuple[Branch, ...] = (
+    (Conv(256, 1), Conv(384, 3, stride=2)),
+    (Conv(256, 1), Conv(288, 3, stride=2)),
+    (Conv(256, 1), Conv(288, 3, padding=1), Conv(320, 3, stride=2)),
+    (Pool("max", 3, 2),),
+)
+BLOCK8: tuple[Branch, ...] = (
+    (Conv(192, 1),),
+    (Conv(192, 1), Conv(224, (1, 3), padding=(0, 1)), Conv(256, (3, 1), padding=(1, 0))),
+)
+REPEATS = {"repeat": 10, "repeat_1": 20, "repeat_2": 9}
+SCALES = {"repeat": 0.17, "repeat_1": 0.10, "repeat_2": 0.20}
+
+
+def conv_unit(in_channels: int, spec: Conv, dtype: jnp.dtype, rngs: nnx.Rngs) -> layers.ConvNormAct:
+    """timm's conv unit: conv without bias, BatchNorm(eps 1e-3), ReLU; PyTorch's default init."""
+    return layers.ConvNormAct(
+        in_channels,
+        spec.out,
+        spec.kernel,
+        stride=spec.stride,
+        padding=spec.padding,
+        bn_eps=1e-3,
+        kernel_init=layers.torch_default_init,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def build_branch(
+    in_channels: int, branch: Branch, dtype: jnp.dtype, rngs: nnx.Rngs
+) -> tuple[nnx.Module, int]:
+    """The branch's layers (the layer itself when it is one) and its output channels."""
+    steps, channels = [], in_channels
+    for spec in branch:
+        if isinstance(spec, Pool):
+            steps.append(
+                layers.MaxPool(spec.kernel, spec.stride, spec.padding)
+                if spec.kind == "max"
+                else layers.AvgPool(spec.kernel, spec.stride, spec.padding, count_include_pad=False)
+            )
+        else:
+            steps.append(conv_unit(channels, spec, dtype, rngs))
+            channels = spec.out
+    return (steps[0] if len(steps) == 1 else nnx.List(steps)), channels
+
+
+def run(step: nnx.Module, x: Array) -> Array:
+    """Apply a layer, or a list of layers in order."""
+    if isinstance(step, nnx.List):
+        for layer in step:
+            x = layer(x)
+        return x
+    return step(x)
+
+
+class Mixed(nnx.Module):
+    """Parallel branches `branch0`, `branch1`, ... concatenated on channels (timm's Mixed_*)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        branches: tuple[Branch, ...],
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_branches = len(branches)
+        self.concat_channels = 0
+        for i, branch in enumerate(branches):
+            module, channels = build_branch(in_channels, branch, dtype, rngs)
+            setattr(self, f"branch{i}", module)
+            self.concat_channels += channels
+
+    def __call__(self, x: Array) -> Array:
+        outs = [run(getattr(self, f"branch{i}"), x) for i in range(self.num_branches)]
+        return jnp.concatenate(outs, axis=-1)
+
+
+class ResidualBlock(Mixed):
+    """timm's Block35/Block17/Block8: branches, a 1x1 conv (with bias) back to `channels`,
+    x + scale * that, then ReLU unless `relu` is False."""
+
+    def __init__(
+        self,
+        channels: int,
+        branches: tuple[Branch, ...],
+        *,
+        scale: float,
+        relu: bool = True,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(channels, branches, dtype=dtype, rngs=rngs)
+        self.conv2d = layers.conv2d(
+            self.concat_channels,
+            channels,
+            1,
+            bias=True,
+            kernel_init=layers.torch_default_init,
+            bias_init=layers.torch_default_bias_init(self.concat_channels),
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.scale = scale
+        self.relu = relu
+
+    def __call__(self, x: Array) -> Array:
+        out = self.conv2d(super().__call__(x)) * self.scale + x
+        return jax.nn.relu(out) if self.relu else out
+
+
+class InceptionResNetV2(Classifier):
+    """timm's InceptionResnetV2 (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        def conv(cin: int, spec: Conv) -> layers.ConvNormAct:
+            return conv_unit(cin, spec, dtype, rngs)
+
+        self.conv2d_1a = conv(3, Conv(32, 3, stride=2))
+        self.conv2d_2a = conv(32, Conv(32, 3))
+        self.conv2d_2b = conv(32, Conv(64, 3, padding=1))
+        self.conv2d_3b = conv(64, Conv(80, 1))
+        self.conv2d_4a = conv(80, Conv(192, 3))
+        self.mixed_5b = Mixed(192, MIXED_5B, dtype=dtype, rngs=rngs)
+        self.repeat = self._repeat(320, BLOCK35, "repeat", dtype, rngs)
+        self.mixed_6a = Mixed(320, MIXED_6A, dtype=dtype, rngs=rngs)
+        self.repeat_1 = self._repeat(1088, BLOCK17, "repeat_1", dtype, rngs)
+        self.mixed_7a = Mixed(1088, MIXED_7A, dtype=dtype, rngs=rngs)
+        self.repeat_2 = self._repeat(2080, BLOCK8, "repeat_2", dtype, rngs)
+        self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, dtype=dtype, rngs=rngs)
+        self.conv2d_7b = conv(2080, Conv(1536, 1))
+        self.head_drop = nnx.Dropout(drop_rate, rngs=rngs)
+        self.classif = layers.linear(1536, num_classes, dtype=dtype, rngs=rngs)
+
+    @staticmethod
+    def _repeat(
+        channels: int, branches: tuple[Branch, ...], name: str, dtype: jnp.dtype, rngs: nnx.Rngs
+    ) -> nnx.List:
+        return nnx.List(
+            [
+                ResidualBlock(channels, branches, scale=SCALES[name], dtype=dtype, rngs=rngs)
+                for _ in range(REPEATS[name])
+            ]
+        )
+
+    def forward_features(self, x: Array) -> dict[str, Array]:
+        feats = {}
+        x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
+        x = layers.max_pool(x, 3, 2)  # maxpool_3a
+        x = self.conv2d_4a(self.conv2d_3b(x))
+        x = feats["stem"] = layers.max_pool(x, 3, 2)  # maxpool_5a
+        x = feats["stage1"] = run(self.repeat, self.mixed_5b(x))
+        x = feats["stage2"] = run(self.repeat_1, self.mixed_6a(x))
+        x = run(self.repeat_2, self.mixed_7a(x))
+        x = feats["stage3"] = self.conv2d_7b(self.block8(x))
+        feats["pre_logits"] = layers.global_avg_pool(x)
+        return feats
+
+    def head(self, pre_logits: Array) -> Array:
+        return self.classif(self.head_drop(pre_logits))
+
+
+def inception_resnet_v2(
+    *,
+    num_classes: int = 1000,
+    rngs: nnx.Rngs,
+    dtype: jnp.dtype = jnp.float32,
+    drop_rate: float = 0.0,
+) -> InceptionResNetV2:
+    """timm 1.0's `inception_resnet_v2`; `drop_rate` is the dropout before `classif`."""
+    is_number = isinstance(drop_rate, int | float) and not isinstance(drop_rate, bool)
+    if not (is_number and 0 <= drop_rate < 1):
+        raise ValueError(f"drop_rate must be a dropout rate in [0, 1), got {drop_rate!r}")
+    return InceptionResNetV2(num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, rngs=rngs)
+
+
+register(
+    "inception_resnet_v2",
+    inception_resnet_v2,
+    family="inception_resnet",
+    image_size=299,
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+    crop_pct=0.8975,
+    interpolation="bicubic",
+    structure="timm",
+)

@@ -1,0 +1,179 @@
+"""Checkpoints with orbax: the periodic/best/final saves, resume, `init_from`, preemption.
+
+A checkpoint holds the whole `TrainState` (model parameters and statistics as pure dicts,
+optimizer state, step, RNG, unlogged train metrics) plus JSON metadata (wall time). Kept: the
+last `keep_checkpoints` and the best by eval top-1. Restores land on the current mesh through
+the shardings of the abstract target.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from orbax.checkpoint import checkpoint_managers as policies
+
+from archs.training.steps import TrainState
+
+BEST_METRIC = "eval/top1"
+
+
+def _to_tree(state: TrainState) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": nnx.to_pure_dict(state.params),
+        "model_state": nnx.to_pure_dict(state.model_state),
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+        "metrics": state.metrics,
+    }
+
+
+def _from_tree(tree: dict[str, Any], like: TrainState) -> TrainState:
+    params, model_state = like.params, like.model_state
+    nnx.replace_by_pure_dict(params, tree["params"])
+    nnx.replace_by_pure_dict(model_state, tree["model_state"])
+    return TrainState(
+        step=tree["step"],
+        params=params,
+        model_state=model_state,
+        opt_state=tree["opt_state"],
+        rng=tree["rng"],
+        metrics=tree["metrics"],
+    )
+
+
+def saved_steps(directory: str) -> list[int]:
+    """Finished checkpoints in `directory`, read without creating anything."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+class Checkpoints:
+    """An orbax CheckpointManager keeping the last `keep` and the best by eval top-1."""
+
+    def __init__(self, directory: str, keep: int):
+        policy = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=keep),
+                policies.BestN(
+                    get_metric_fn=lambda m: m[BEST_METRIC],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(
+        self, step: int, state: TrainState, meta: dict[str, Any], eval_metrics: dict | None
+    ) -> None:
+        """Save asynchronously (device arrays are copied before this returns)."""
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
+            ),
+            metrics=eval_metrics,
+            force=True,
+        )
+
+    def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        """The checkpoint of `step`, placed like the (abstract, sharded) `like`."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_to_tree(like)), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return _from_tree(restored.state, like), dict(restored.meta)
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _key(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {_key(path): v for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def read_model_state(path: str) -> dict[str, np.ndarray]:
+    """Model variables of a checkpoint, flat by '/'-joined path.
+
+    `path` is a workdir of this system (its latest checkpoint), a checkpoint directory, or an
+    `archs.convert` output (a StandardCheckpointer pytree of the model state).
+    """
+    path = os.path.abspath(path)
+    for candidate in (os.path.join(path, "checkpoints"), path):
+        steps = saved_steps(candidate)
+        if steps:
+            tree = ocp.StandardCheckpointer().restore(
+                os.path.join(candidate, str(steps[-1]), "state")
+            )
+            return {**_flat(tree["params"]), **_flat(tree["model_state"])}
+    if os.path.isdir(os.path.join(path, "state")):
+        path = os.path.join(path, "state")
+    return _flat(ocp.StandardCheckpointer().restore(path))
+
+
+def load_into(source: dict[str, np.ndarray], state: nnx.State) -> list[str]:
+    """Copy the variables of `source` whose path and shape match into `state`, in place.
+
+    Returns the paths left as initialised (a new head for another num_classes).
+    """
+    fresh = []
+
+    def pick(path: tuple, value: Any) -> Any:
+        key = _key(path)
+        if key in source and np.shape(source[key]) == np.shape(value):
+            return np.asarray(source[key], dtype=np.asarray(value).dtype)
+        fresh.append(key)
+        return value
+
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(pick, nnx.to_pure_dict(state)))
+    return fresh
+
+
+class PreemptionGuard:
+    """SIGTERM sets a flag; the loop saves and exits with 75 (EX_TEMPFAIL) at the next step.
+
+    Multi-host runs will replace `requested` with jax's preemption sync point.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM: saving a checkpoint, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,329 @@
+"""`train_and_evaluate(config, workdir)`: one run, from checks to `done.json`.
+
+Order: `plan_run` checks everything that can be wrong with the input (config values, model,
+dataset, workdir) without writing or compiling; then the workdir files, the mesh and the state
+(resumed from the workdir's latest checkpoint, else `init_from`'s model variables, else
+scratch); then the loop of jitted steps with logging, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+import archs
+from archs.training import data, optim, parallel, steps
+from archs.training.checkpoint import (
+    Checkpoints,
+    PreemptionGuard,
+    load_into,
+    read_model_state,
+    saved_steps,
+)
+from archs.training.config import ConfigError, check_config
+from archs.training.metrics import MetricsWriter, provenance, read_jsonl, write_json
+
+# A workdir holds one experiment: these may not change when it is run again.
+IDENTITY_KEYS = ("model", "model_kwargs", "dataset")
+COMPLETE, PREEMPTED, EVALUATED = "complete", "preempted", "evaluated"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A checked run: everything known before touching the workdir or compiling."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    info: archs.ModelInfo
+    source: data.Source
+    num_classes: int
+    dtype: Any
+    eval_batch_size: int
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints")
+
+    def create_model(self) -> nnx.Module:
+        c = self.config
+        return archs.create_model(
+            c.model,
+            num_classes=self.num_classes,
+            rngs=nnx.Rngs(c.seed),
+            dtype=self.dtype,
+            **c.model_kwargs.to_dict(),
+        )
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    current = json.loads(config.to_json())
+    for key in IDENTITY_KEYS:
+        if previous.get(key) != current[key]:
+            raise ConfigError(
+                f"workdir {workdir!r} holds a run with {key}={previous.get(key)!r}, not "
+                f"{current[key]!r}; use another workdir"
+            )
+    changed = sorted(k for k in current if k != "eval_only" and previous.get(k) != current[k])
+    if changed:
+        logging.warning("continuing %s with changed settings: %s", workdir, ", ".join(changed))
+
+
+def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
+    """Check the input; raise ConfigError (exit 2) naming the first problem."""
+    check_config(config)
+    try:
+        info = archs.model_info(config.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    parallel.check_batch_size("batch_size", config.batch_size)
+    eval_batch_size = config.eval_batch_size or config.batch_size
+    parallel.check_batch_size("eval_batch_size", eval_batch_size)
+    source = data.open_source(config)
+    plan = Plan(
+        config=config,
+        workdir=workdir,
+        info=info,
+        source=source,
+        num_classes=config.num_classes or source.num_classes,
+        dtype=jnp.dtype(config.dtype),
+        eval_batch_size=eval_batch_size,
+    )
+    try:
+        nnx.eval_shape(plan.create_model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check_workdir(config, workdir)
+    if config.init_from and not os.path.exists(config.init_from):
+        raise ConfigError(f"init_from {config.init_from!r} does not exist")
+    if config.eval_only and not saved_steps(plan.checkpoint_dir) and not config.init_from:
+        raise ConfigError(f"eval_only: no checkpoint in {workdir!r} and no init_from")
+    return plan
+
+
+class Evaluator:
+    """Runs the jitted eval step over every eval example once and averages on the host."""
+
+    def __init__(self, plan: Plan, parts: steps.ModelParts, cfg: steps.StepConfig, mesh):
+        self.data = data.EvalData(
+            plan.source, plan.eval_batch_size, data.make_preprocess(plan.config, plan.info)
+        )
+        self.mesh = mesh
+        self.step = jax.jit(
+            steps.make_eval_step(parts, cfg),
+            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+            out_shardings=parallel.replicated(mesh),
+        )
+
+    def __call__(self, state: steps.TrainState) -> dict[str, float]:
+        total = None
+        for batch in data.prefetch(iter(self.data.batches())):
+            sums = self.step(state, parallel.global_batch(batch, self.mesh))
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        total = jax.device_get(total)
+        if int(total["count"]) != self.data.num_examples:
+            raise RuntimeError(
+                f"evaluated {int(total['count'])} examples, expected {self.data.num_examples}"
+            )
+        count = total["count"]
+        return {
+            "eval/loss": float(total["loss_sum"] / count),
+            "eval/top1": float(total["top1"] / count),
+            "eval/top5": float(total["top5"] / count),
+        }
+
+
+def _initial_state(
+    plan: Plan, params: nnx.State, model_state: nnx.State, tx, mesh
+) -> steps.TrainState:
+    if plan.config.init_from:
+        source = read_model_state(plan.config.init_from)
+        fresh = load_into(source, params) + load_into(source, model_state)
+        if len(fresh) == len(jax.tree.leaves(params)) + len(jax.tree.leaves(model_state)):
+            raise ConfigError(f"init_from {plan.config.init_from!r} matches no variable")
+        logging.info(
+            "init_from %s; freshly initialised: %s", plan.config.init_from, fresh or "none"
+        )
+    key = jax.random.fold_in(jax.random.key(plan.config.seed), 1)
+    state = steps.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(key),
+        metrics=steps.zero_metrics(),
+    )
+    return parallel.replicate(state, mesh)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, argv: list[str] | None = None
+) -> str:
+    """Train (or with eval_only, evaluate) as configured; returns 'complete', 'preempted' or
+    'evaluated'. Raises ConfigError before any side effect when the input is bad."""
+    plan = plan_run(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if not config.eval_only:
+        write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+        write_json(os.path.join(workdir, "provenance.json"), provenance(argv or []))
+    if config.download:
+        data.prepare(plan.source)
+    mesh = parallel.make_mesh()
+    with jax.set_mesh(mesh):
+        return _run(plan, mesh)
+
+
+def _run(plan: Plan, mesh) -> str:
+    c = plan.config
+    preprocess = data.make_preprocess(c, plan.info)
+    parts, params, model_state = steps.split_model(plan.create_model())
+    train_data = None
+    if not c.eval_only:
+        train_data = data.TrainData(plan.source, c.batch_size, c.seed, preprocess, c.shuffle_buffer)
+    steps_per_epoch = train_data.steps_per_epoch if train_data else 1
+    total = c.num_train_steps or max(round(c.num_epochs * steps_per_epoch), 1)
+    schedule = optim.learning_rate_schedule(c, steps_per_epoch, total)
+    tx = optim.make_optimizer(c, schedule)
+    step_cfg = steps.StepConfig(
+        mean=plan.info.mean,
+        std=plan.info.std,
+        dtype=plan.dtype,
+        label_smoothing=c.label_smoothing,
+        aux_weight=plan.info.aux_weight,
+        augment=steps.device_augment(
+            data.device_augment_kind(plan.source, preprocess), c.crop_padding
+        ),
+    )
+    evaluate = Evaluator(plan, parts, step_cfg, mesh)
+    checkpoints = Checkpoints(plan.checkpoint_dir, c.keep_checkpoints)
+    state = _initial_state(plan, params, model_state, tx, mesh)
+    latest = checkpoints.latest_step()
+    wall_offset = 0.0
+    if latest is not None:
+        state, meta = checkpoints.restore(latest, state)
+        wall_offset = meta["wall_s"]
+        logging.info("resumed from step %d", latest)
+    step = latest or 0
+    writer = MetricsWriter(plan.workdir, total, keep_through_step=None if c.eval_only else step)
+    try:
+        if c.eval_only:
+            writer.eval(step, evaluate(state), replace=True)
+            return EVALUATED
+        return _train(
+            plan,
+            mesh,
+            state,
+            step,
+            total,
+            train_data,
+            tx,
+            schedule,
+            parts,
+            step_cfg,
+            evaluate,
+            checkpoints,
+            writer,
+            wall_offset,
+        )
+    finally:
+        checkpoints.close()
+        writer.close()
+
+
+def _train(
+    plan,
+    mesh,
+    state,
+    step,
+    total,
+    train_data,
+    tx,
+    schedule,
+    parts,
+    step_cfg,
+    evaluate,
+    checkpoints,
+    writer,
+    wall_offset,
+) -> str:
+    c = plan.config
+    train_step = jax.jit(
+        steps.make_train_step(parts, tx, step_cfg),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+        out_shardings=parallel.replicated(mesh),
+        donate_argnums=0,
+    )
+    eval_every = c.eval_every_steps or train_data.steps_per_epoch
+    checkpoint_every = c.checkpoint_every_steps or eval_every
+    log_every = c.log_every_steps or total
+    batches = data.prefetch(parallel.global_batch(b, mesh) for b in train_data.batches(step))
+    started = time.time() - wall_offset
+    window_start, window_steps = time.time(), 0
+    with PreemptionGuard() as guard:
+        while step < total:
+            state = train_step(state, next(batches))
+            step += 1
+            window_steps += 1
+            if step % log_every == 0 or step == total:
+                sums = jax.device_get(state.metrics)
+                state = state.replace(metrics=parallel.replicate(steps.zero_metrics(), mesh))
+                loss = float(sums["loss_sum"] / sums["count"])
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"train loss is {loss} at step {step}")
+                now = time.time()
+                writer.train(
+                    step,
+                    {
+                        "train/loss": loss,
+                        "train/top1": float(sums["correct"] / sums["count"]),
+                        "train/learning_rate": float(schedule(step - 1)),
+                        "train/images_per_sec": window_steps * c.batch_size / (now - window_start),
+                        "train/wall_s": now - started,
+                    },
+                )
+                window_start, window_steps = now, 0
+            paused = time.time()
+            eval_metrics = None
+            if step % eval_every == 0 or step == total:
+                eval_metrics = evaluate(state)
+                writer.eval(step, eval_metrics)
+            if step % checkpoint_every == 0 or step == total or guard.requested:
+                checkpoints.save(step, state, {"wall_s": time.time() - started}, eval_metrics)
+            window_start += time.time() - paused  # images/s counts training time only
+            if guard.requested:
+                return PREEMPTED
+    _write_done(plan, step, started)
+    return COMPLETE
+
+
+def _write_done(plan: Plan, step: int, started: float) -> None:
+    lines = read_jsonl(os.path.join(plan.workdir, "metrics.jsonl"))
+    evals = [r for r in lines if "eval/top1" in r]
+    train = [r["train/images_per_sec"] for r in lines if "train/images_per_sec" in r]
+    final = evals[-1] if evals else {}
+    write_json(
+        os.path.join(plan.workdir, "done.json"),
+        {
+            **final,
+            "step": step,
+            "wall_s": time.time() - started,
+            "best_eval/top1": max((r["eval/top1"] for r in evals), default=None),
+            "eval_protocol": plan.config.eval_protocol,
+            "median_train/images_per_sec": float(np.median(train)) if train else None,
+        },
+    )

@@ -1,0 +1,236 @@
+"""Numerical parity with torchvision 0.29 / timm 1.0: same weights, same input, same logits.
+
+Each reference model is built with random weights and random BatchNorm statistics and affine
+parameters (so that BatchNorm matters), its state_dict is converted with archs.convert, and
+both run on the same random batch; logits agree to a relative error (max|a-b| / max|b|) of
+1e-4 in float32. Needs the `parity` extra; run from the repository root in a Python 3.11 venv
+with `pip install -e '.[parity]'` and torch==2.14.1 torchvision==0.29.1:
+
+    pytest -m parity tests/parity                 # every model (slow on 2 cores)
+    pytest -m "parity and not slow" tests/parity  # one model per family: the CI subset
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[parity]')")
+timm = pytest.importorskip("timm", reason="parity tests need timm (pip install -e '.[parity]')")
+torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import archs  # noqa: E402
+from archs import convert, layers, references  # noqa: E402
+
+pytestmark = pytest.mark.parity
+
+TOLERANCE = 1e-4
+# One model per family runs by default; the rest are `slow` (minutes each on 2 cores).
+FAST = {
+    "alexnet",
+    "vgg11_bn",
+    "googlenet",
+    "resnet18",
+    "resnext50_32x4d",
+    "densenet121",
+    "seresnet50",
+    "inception_resnet_v2",
+}
+# A second resolution per model: smaller than the default, not a multiple of 32 where the
+# network allows, so that padding, ceil-mode pooling and adaptive pooling arithmetic matter.
+OTHER_SIZE = {"inception_resnet_v2": 235, "alexnet": 195, "googlenet": 179}
+TORCHVISION_KWARGS = {
+    "googlenet": {"aux_logits": True, "transform_input": True, "init_weights": True}
+}
+OUR_OVERRIDES = {"googlenet": {"transform_input": True}}
+
+
+def library_models() -> list[str]:
+    return [
+        name
+        for name, ref in references.REFERENCES.items()
+        if ref.source.startswith(("torchvision", "timm"))
+    ]
+
+
+def marked(names: list[str]) -> list:
+    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow, id=n) for n in names]
+
+
+def torch_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """The reference model with random weights and random BatchNorm statistics."""
+    torch.manual_seed(seed)
+    if references.REFERENCES[name].source.startswith("torchvision"):
+        kwargs = TORCHVISION_KWARGS.get(name, {})
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False)
+    randomize_batch_norm(model)
+    return model.eval()
+
+
+def randomize_batch_norm(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n))
+                module.running_var.copy_(torch.empty(n).uniform_(0.5, 1.5))
+                module.weight.copy_(torch.empty(n).uniform_(0.5, 1.5))
+                module.bias.copy_(0.1 * torch.randn(n))
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def converted(name: str, reference: torch.nn.Module) -> nnx.Module:
+    model = archs.create_model(name, **OUR_OVERRIDES.get(name, {}))
+    convert.convert_state(
+        model,
+        convert.normalize_keys(state_dict_numpy(reference)),
+        family=archs.model_info(name).family,
+        label=name,
+    )
+    return model
+
+
+def relative_error(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@nnx.jit
+def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
+    # One XLA computation compiles faster on CPU than a deep net's ops dispatched one by one.
+    return model(x)
+
+
+def run_both(model: nnx.Module, reference: torch.nn.Module, x: np.ndarray):
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    return np.asarray(forward(model, jnp.asarray(x))), theirs.numpy()
+
+
+def random_batch(size: int, batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, size, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", marked(library_models()))
+def test_eval_logits_match(name, record_property):
+    reference = torch_model(name)
+    model = converted(name, reference)
+    model.eval()
+    default = archs.model_info(name).image_size
+    for size in (default, OTHER_SIZE.get(name, 160)):
+        ours, theirs = run_both(model, reference, random_batch(size))
+        error = relative_error(ours, theirs)
+        record_property(f"relative_error_{size}", error)
+        print(f"{name} @{size}: relative error {error:.2e}")
+        assert error < TOLERANCE, f"{name} at {size}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121"])
+def test_train_mode_outputs_match(name):
+    reference = torch_model(name).train()
+    model = converted(name, reference)
+    model.train()
+    ours, theirs = run_both(model, reference, random_batch(160, batch=2))
+    error = relative_error(ours, theirs)
+    print(f"{name} train mode: relative error {error:.2e}")
+    assert error < TOLERANCE
+
+
+def test_googlenet_aux_heads_match():
+    reference = torch_model("googlenet")
+    model = converted("googlenet", reference)
+    model.eval()
+    x = random_batch(224)
+    captured = {}
+    hooks = [
+        getattr(reference, block).register_forward_hook(
+            lambda _m, _i, out, block=block: captured.__setitem__(block, out)
+        )
+        for block in ("inception4a", "inception4d")
+    ]
+    run_both(model, reference, x)
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        theirs = [reference.aux1(captured["inception4a"]), reference.aux2(captured["inception4d"])]
+    ours = model.aux_logits(model.features(jnp.asarray(x)))
+    assert len(ours) == 2
+    for a, b in zip(ours, theirs, strict=True):
+        assert relative_error(a, b.numpy()) < TOLERANCE
+
+
+def test_squeeze_excite_matches_timm():
+    torch.manual_seed(0)
+    reference = timm.layers.SEModule(256, rd_ratio=1 / 16).eval()
+    ours = layers.SqueezeExcite(256, 16, rngs=nnx.Rngs(0))
+    convert.convert_state(ours, state_dict_numpy(reference), family="layers")
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 256)).astype(np.float32)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    error = relative_error(ours(jnp.asarray(x)), theirs.numpy().transpose(0, 2, 3, 1))
+    assert error < 1e-6
+
+
+def test_local_response_norm_matches_torch():
+    reference = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    x = 30.0 * np.random.default_rng(0).normal(size=(2, 5, 5, 16)).astype(np.float32)
+    theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    ours = np.asarray(layers.LocalResponseNorm()(jnp.asarray(x)))
+    assert relative_error(ours, theirs.transpose(0, 2, 3, 1)) < 1e-6
+    # Normalisation is not negligible at this scale: the test can tell LRN from identity.
+    assert relative_error(x, theirs.transpose(0, 2, 3, 1)) > 1e-2
+
+
+def test_converted_resnet50_checkpoint_evaluates(tmp_path):
+    reference = torch_model("resnet50")
+    pth = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), pth)
+    out = tmp_path / "converted"
+    assert convert.main(["--model", "resnet50", "--from", str(pth), "--out", str(out)]) == 0
+    model = convert.restore_state(archs.create_model("resnet50", rngs=nnx.Rngs(1)), out)
+    model.eval()
+    ours, theirs = run_both(model, reference, random_batch(128, batch=2))
+    assert relative_error(ours, theirs) < TOLERANCE
+
+
+def test_load_pretrained_new_head_keeps_the_body(tmp_path):
+    reference = torch_model("resnet18")
+    pth = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), pth)
+    model = archs.load_pretrained("resnet18", pth, num_classes=10)
+    assert model.fc.kernel.shape == (512, 10)
+    reference.fc = torch.nn.Identity()
+    x = random_batch(64)
+    _, pre_logits = run_both(model, reference, x)
+    ours = model.features(jnp.asarray(x))["pre_logits"]
+    assert relative_error(ours, pre_logits) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"model": {"fc.weight": 1}}, "not a flat dict of tensors"),
+        ([1, 2], "not a state_dict"),
+    ],
+)
+def test_pth_that_is_not_a_state_dict_is_refused(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    torch.save(content, path)
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.read_checkpoint(path)
+
+
+def test_pickled_module_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(convert.ConversionError, match="cannot read"):
+        convert.read_checkpoint(path)

@@ -1,0 +1,139 @@
+"""The sweep report on a synthetic sweep directory (config.json, metrics.jsonl, done.json per run).
+
+Params and GMACs go through the real registry and archs.summary with a tiny registered net whose
+counts are worked out by hand below.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from flax import nnx
+
+from archs import registry
+from archs.classifier import Classifier
+from archs.training import report
+
+TINY = "report_test_tiny"
+
+
+class _Tiny(Classifier):
+    def __init__(self, *, num_classes: int, rngs: nnx.Rngs, width: int):
+        self.conv = nnx.Conv(3, width, (3, 3), padding=1, rngs=rngs)
+        self.fc = nnx.Linear(width, num_classes, rngs=rngs)
+
+    def forward_features(self, x):
+        return {"pre_logits": self.conv(x).mean(axis=(1, 2))}
+
+    def head(self, pre_logits):
+        return self.fc(pre_logits)
+
+
+def _tiny(*, num_classes: int, rngs: nnx.Rngs, dtype=None, width: int = 4) -> _Tiny:
+    return _Tiny(num_classes=num_classes, rngs=rngs, width=width)
+
+
+if TINY not in registry.list_models():
+    registry.register(TINY, _tiny, family="test", image_size=8, num_classes=10)
+
+
+def tiny_cost(width: int) -> tuple[int, float]:
+    """3x3 conv 3->width with bias, linear width->10 with bias, at 8x8 with 'same' padding."""
+    params = 27 * width + width + 10 * width + 10
+    macs = 8 * 8 * width * 27 + width * 10
+    return params, macs / 1e9
+
+
+# width -> seed -> eval top-1 at steps 100 and 200.
+CURVES = {4: {0: (0.40, 0.60), 1: (0.50, 0.70)}, 8: {0: (0.55, 0.80), 1: (0.90, 0.85)}}
+
+
+def write_run(root: Path, name: str, config: dict, lines: list[dict], done: bool = True) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if done:
+        (run / "done.json").write_text(json.dumps(lines[-1]))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    for width, seeds in CURVES.items():
+        for seed, (top1_a, top1_b) in seeds.items():
+            config = {"model": TINY, "model_kwargs": {"width": width}, "seed": seed}
+            config |= {"batch_size": 128, "dataset": "cifar10"}
+            lines = [
+                {"step": 50, "train/loss": 2.0, "train/images_per_sec": 100.0, "train/wall_s": 5},
+                {"step": 100, "eval/loss": 1.0, "eval/top1": top1_a, "eval/top5": 0.9},
+                {"step": 150, "train/loss": 1.0, "train/images_per_sec": 300.0, "train/wall_s": 9},
+                {"step": 200, "eval/loss": 0.5, "eval/top1": top1_b, "eval/top5": 0.95},
+            ]
+            write_run(tmp_path, f"width={width},seed={seed}", config, lines)
+    return tmp_path
+
+
+def test_report_table_csv_and_seed_groups(sweep_dir):
+    report.model_cost.cache_clear()
+    text = report.report(sweep_dir, plots=False)
+    assert report.model_cost.cache_info().misses == 2  # one count per (model, kwargs)
+    runs_table, grouped = text.split("Mean ± std over seeds:")
+    header = runs_table.splitlines()[0]
+    assert "model_kwargs.width" in header and "seed" in header
+    assert "batch_size" not in header and "dataset" not in header  # the same in every run
+    row = next(line for line in runs_table.splitlines() if line.startswith("| width=8,seed=1 "))
+    params, gmacs = tiny_cost(8)
+    # run, width, seed, params, GMACs, best/final top-1, best/final top-5, steps, wall, images/s
+    assert row.split(" | ")[1:12] == [
+        "8", "1", f"{params:,}", f"{gmacs:.4g}", "90.00", "85.00", "95.00", "95.00", "200", "9",
+        "200",
+    ]  # fmt: skip
+    group = next(line for line in grouped.splitlines() if line.startswith("| 4 |"))
+    # width 4: final top-1 60 and 70 -> mean 65.00, sample std 7.07.
+    assert "| 2 |" in group and "65.00 ± 7.07" in group
+
+    with (sweep_dir / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    first = rows[0]
+    assert first["run"] == "width=4,seed=0" and first["final top-1 %"] == "0.6"
+    assert int(first["params"]) == tiny_cost(4)[0]
+    assert float(first["GMACs"]) == pytest.approx(tiny_cost(4)[1])
+
+
+def test_report_writes_plots(sweep_dir):
+    report.report(sweep_dir)
+    for name in ("top1_vs_step.png", "top1_vs_params.png", "top1_vs_gmacs.png"):
+        data = (sweep_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_unfinished_run_torn_line_and_unknown_model(tmp_path, capsys):
+    write_run(tmp_path, "a", {"model": "no_such_net", "seed": 0}, [{"step": 1}], done=False)
+    (tmp_path / "a" / "metrics.jsonl").open("a").write('{"step": 2, "eval/to')
+    write_run(tmp_path, "b", {"model": TINY, "seed": 0}, [{"step": 3, "eval/top1": 0.5}])
+    results = {r.name: r for r in report.load_runs(tmp_path)}
+    assert results["a"].done is False and results["a"].steps == 1
+    assert results["a"].params is None and "no_such_net" in capsys.readouterr().err
+    assert results["b"].done is True and results["b"].params == tiny_cost(4)[0]
+    assert report.varied_keys(list(results.values())) == ["model"]
+
+
+def test_varied_keys_count_a_missing_key_as_different():
+    runs = [
+        report.RunResult("a", {"lr": 0.1, "seed": 0}, True, []),
+        report.RunResult("b", {"lr": 0.1, "seed": 0, "model_kwargs.se": 8}, True, []),
+    ]
+    assert report.varied_keys(runs) == ["model_kwargs.se"]
+    flat = report.flatten({"m": {"a": 1, "b": [1, 2]}, "e": {}})
+    assert flat == {"m.a": 1, "m.b": (1, 2), "e": {}}
+
+
+def test_cli(sweep_dir, tmp_path, capsys):
+    assert report.main([str(sweep_dir), "--no-plots"]) == 0
+    assert "| width=4,seed=0 |" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty)]) == 2
+    assert "no runs" in capsys.readouterr().err
