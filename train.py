@@ -7,9 +7,11 @@ completes (or `eval_only` evaluated), 2 on bad input (one line on stderr, nothin
 75 (EX_TEMPFAIL) after a SIGTERM-triggered checkpoint, so that launchers requeue the run.
 """
 
+import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
@@ -35,9 +37,17 @@ def _parse(argv: list[str]) -> list[str]:
     return rest
 
 
+class _QuietCheckpointing(logging.Filter):
+    """Drop orbax's per-save INFO records, which would bury the progress lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     from archs.training import PREEMPTED, ConfigError, train_and_evaluate
 
+    absl_logging.get_absl_handler().addFilter(_QuietCheckpointing())
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:

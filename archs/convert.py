@@ -44,6 +44,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -261,19 +262,61 @@ def load_pretrained(
     torchvision's ImageNet GoogLeNet weights expect `transform_input=True`, as torchvision
     sets when it loads them.
     """
+    return from_state_dict(
+        name, read_checkpoint(path), num_classes=num_classes, rngs=rngs, **overrides
+    )
+
+
+def from_state_dict(
+    name: str,
+    state_dict: StateDict,
+    *,
+    num_classes: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    **overrides: Any,
+) -> nnx.Module:
+    """`load_pretrained` from a torch state_dict already in memory (numpy arrays)."""
     info = registry.model_info(name)
-    model = registry.create_model(name, num_classes=num_classes, rngs=rngs, **overrides)
-    classes = num_classes or info.num_classes
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+
+    def create(rngs: nnx.Rngs) -> nnx.Module:
+        return registry.create_model(name, num_classes=num_classes, rngs=rngs, **overrides)
+
+    # Only what the checkpoint does not hold (a fresh head, RNG state) is initialised.
+    model = nnx.eval_shape(create, rngs)
     convert_state(
         model,
-        read_checkpoint(path),
+        normalize_keys(state_dict),
         family=info.family,
-        head=_head_paths(name, classes, overrides),
+        head=_head_paths(name, num_classes or info.num_classes, overrides),
         keep_fresh_head=num_classes is not None,
         label=name,
     )
+    _initialize_rest(model, create, rngs)
     model.eval()
     return model
+
+
+def _initialize_rest(
+    model: nnx.Module, create: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs
+) -> None:
+    """Give the variables still abstract the values `create(rngs)` would give them.
+
+    One jitted build returns just those variables; XLA drops every other initialiser, so
+    this costs a trace, not the initialisation of the whole network.
+    """
+    state = nnx.state(model)
+    flat = dict(nnx.to_flat_state(state))
+    todo = [p for p, v in flat.items() if isinstance(v.get_value(), jax.ShapeDtypeStruct)]
+
+    @nnx.jit
+    def initial_values(rngs: nnx.Rngs) -> list[jax.Array]:
+        fresh = dict(nnx.to_flat_state(nnx.state(create(rngs))))
+        return [fresh[p].get_value() for p in todo]
+
+    for path, value in zip(todo, initial_values(rngs) if todo else [], strict=True):
+        flat[path].set_value(value)
+    nnx.update(model, state)
 
 
 def save_state(model: nnx.Module, directory: str | os.PathLike) -> str:
@@ -290,7 +333,10 @@ def save_state(model: nnx.Module, directory: str | os.PathLike) -> str:
 
 
 def restore_state(model: nnx.Module, directory: str | os.PathLike) -> nnx.Module:
-    """Load a checkpoint written by `save_state` into `model` (same name and num_classes)."""
+    """Load a checkpoint written by `save_state` into `model` (same name and num_classes).
+
+    `model` may be abstract (`nnx.eval_shape`): restoring makes it concrete.
+    """
     import orbax.checkpoint as ocp
 
     state = nnx.state(model)

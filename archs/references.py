@@ -103,6 +103,52 @@ def googlenet_paper_rows() -> list[tuple[int, int, int, int]]:
     return [*rows, (1, 1000, depth, 1)]
 
 
+def basic_resnet_rows(
+    stem: tuple[int, int, int, int],
+    sizes: tuple[int, ...],
+    widths: tuple[int, ...],
+    depths: tuple[int, ...],
+    num_classes: int,
+) -> list[tuple[int, int, int, int]]:
+    """He et al. 2016 as `paper_macs` rows: the stem conv, then stage i's 2*depth 3x3 convs at
+    sizes[i] (Table 1 at 224: 56, 28, 14, 7; Sec. 4.2 on CIFAR: 32, 16, 8), then the linear
+    layer. Option A and plain nets have no shortcut convolutions."""
+    rows, inputs = [stem], stem[1]
+    for size, width, depth in zip(sizes, widths, depths, strict=True):
+        rows += [(size, width, inputs, 3)] + [(size, width, width, 3)] * (2 * depth - 1)
+        inputs = width
+    return [*rows, (1, num_classes, inputs, 1)]
+
+
+def resnext29_rows(cardinality: int) -> list[tuple[int, int, int, int]]:
+    """Xie et al. 2017, Sec. 5.3: a 3x3 conv 64 on 32x32, three stages of three bottlenecks
+    (width 64 per group in stage 1, doubling; outputs 256, 512, 1024; stride in the 3x3;
+    projection shortcut where the shape changes), then a 10-way linear layer."""
+    rows, inputs, in_size = [(32, 64, 3, 3)], 64, 32
+    for size, planes in ((32, 64), (16, 128), (8, 256)):
+        width, out = planes * cardinality, planes * 4
+        for block in range(3):
+            source = in_size if block == 0 else size
+            rows += [(source, width, inputs, 1), (size, width, planes, 3), (size, out, width, 1)]
+            if block == 0:
+                rows.append((size, out, inputs, 1))
+            inputs = out
+        in_size = size
+    return [*rows, (1, 10, inputs, 1)]
+
+
+def cifar_resnet_gmacs(n: int) -> float:
+    """He et al. 2016, Sec. 4.2: the 6n+2-layer CIFAR net (16, 32, 64 filters at 32, 16, 8)."""
+    return paper_macs(basic_resnet_rows((32, 16, 3, 3), (32, 16, 8), (16, 32, 64), (n,) * 3, 10))
+
+
+def plain_imagenet_gmacs(depths: tuple[int, ...]) -> float:
+    """He et al. 2016, Table 1's 18/34-layer nets without shortcuts at 224x224."""
+    return paper_macs(
+        basic_resnet_rows((112, 64, 3, 7), (56, 28, 14, 7), (64, 128, 256, 512), depths, 1000)
+    )
+
+
 REFERENCES: dict[str, Reference] = {
     # AlexNet family.
     "alexnet": _tv(61_100_840, 0.714188, "torchvision.models.alexnet"),
@@ -155,8 +201,12 @@ REFERENCES: dict[str, Reference] = {
     "resnet50": _tv(25_557_032, 4.089184, "torchvision.models.resnet50"),
     "resnet101": _tv(44_549_160, 7.801405, "torchvision.models.resnet101"),
     "resnet152": _tv(60_192_808, 11.513627, "torchvision.models.resnet152"),
-    "plain18": Reference(11_515_688, None, "He et al. 2016, Table 1 without shortcuts"),
-    "plain34": Reference(21_623_848, None, "He et al. 2016, Table 1 without shortcuts"),
+    "plain18": Reference(
+        11_515_688, plain_imagenet_gmacs((2, 2, 2, 2)), "He et al. 2016, Table 1 without shortcuts"
+    ),
+    "plain34": Reference(
+        21_623_848, plain_imagenet_gmacs((3, 4, 6, 3)), "He et al. 2016, Table 1 without shortcuts"
+    ),
     # ResNeXt (Xie et al. 2017).
     "resnext50_32x4d": _tv(25_028_904, 4.230480, "torchvision.models.resnext50_32x4d"),
     "resnext101_32x4d": _timm(44_177_704, 7.969997, "timm resnext101_32x4d"),
@@ -182,19 +232,45 @@ REFERENCES: dict[str, Reference] = {
     # Inception-ResNet-v2 (Szegedy et al. 2017), timm 1.0, 299x299.
     "inception_resnet_v2": _timm(55_843_464, 13.155794, "timm inception_resnet_v2"),
     # CIFAR networks (He et al. 2016 Sec. 4.2; Xie et al. 2017; Huang et al. 2017).
-    "resnet20": Reference(269_722, None, "He et al. 2016, Sec. 4.2, n=3, option A"),
-    "resnet32": Reference(464_154, None, "He et al. 2016, Sec. 4.2, n=5, option A"),
-    "resnet44": Reference(658_586, None, "He et al. 2016, Sec. 4.2, n=7, option A"),
-    "resnet56": Reference(853_018, None, "He et al. 2016, Sec. 4.2, n=9, option A"),
-    "resnet110": Reference(1_727_962, None, "He et al. 2016, Sec. 4.2, n=18, option A"),
-    "resnet1202": Reference(19_421_274, None, "He et al. 2016, Sec. 4.2, n=200, option A"),
-    "plain20": Reference(269_722, None, "He et al. 2016, Sec. 4.2, n=3, no shortcuts"),
-    "plain32": Reference(464_154, None, "He et al. 2016, Sec. 4.2, n=5, no shortcuts"),
-    "plain44": Reference(658_586, None, "He et al. 2016, Sec. 4.2, n=7, no shortcuts"),
-    "plain56": Reference(853_018, None, "He et al. 2016, Sec. 4.2, n=9, no shortcuts"),
-    "plain110": Reference(1_727_962, None, "He et al. 2016, Sec. 4.2, n=18, no shortcuts"),
-    "resnext29_8x64d": Reference(34_426_698, None, "Xie et al. 2017, Sec. 5.3, CIFAR-10"),
-    "resnext29_16x64d": Reference(68_155_210, None, "Xie et al. 2017, Sec. 5.3, CIFAR-10"),
+    "resnet20": Reference(
+        269_722, cifar_resnet_gmacs(3), "He et al. 2016, Sec. 4.2, n=3, option A"
+    ),
+    "resnet32": Reference(
+        464_154, cifar_resnet_gmacs(5), "He et al. 2016, Sec. 4.2, n=5, option A"
+    ),
+    "resnet44": Reference(
+        658_586, cifar_resnet_gmacs(7), "He et al. 2016, Sec. 4.2, n=7, option A"
+    ),
+    "resnet56": Reference(
+        853_018, cifar_resnet_gmacs(9), "He et al. 2016, Sec. 4.2, n=9, option A"
+    ),
+    "resnet110": Reference(
+        1_727_962, cifar_resnet_gmacs(18), "He et al. 2016, Sec. 4.2, n=18, option A"
+    ),
+    "resnet1202": Reference(
+        19_421_274, cifar_resnet_gmacs(200), "He et al. 2016, Sec. 4.2, n=200, option A"
+    ),
+    "plain20": Reference(
+        269_722, cifar_resnet_gmacs(3), "He et al. 2016, Sec. 4.2, n=3, no shortcuts"
+    ),
+    "plain32": Reference(
+        464_154, cifar_resnet_gmacs(5), "He et al. 2016, Sec. 4.2, n=5, no shortcuts"
+    ),
+    "plain44": Reference(
+        658_586, cifar_resnet_gmacs(7), "He et al. 2016, Sec. 4.2, n=7, no shortcuts"
+    ),
+    "plain56": Reference(
+        853_018, cifar_resnet_gmacs(9), "He et al. 2016, Sec. 4.2, n=9, no shortcuts"
+    ),
+    "plain110": Reference(
+        1_727_962, cifar_resnet_gmacs(18), "He et al. 2016, Sec. 4.2, n=18, no shortcuts"
+    ),
+    "resnext29_8x64d": Reference(
+        34_426_698, paper_macs(resnext29_rows(8)), "Xie et al. 2017, Sec. 5.3, CIFAR-10"
+    ),
+    "resnext29_16x64d": Reference(
+        68_155_210, paper_macs(resnext29_rows(16)), "Xie et al. 2017, Sec. 5.3, CIFAR-10"
+    ),
     "densenet_bc_100_12": Reference(
         769_162,
         densenet_paper_gmacs((16, 16, 16), 12, 10, cifar=True),

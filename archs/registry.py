@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -117,8 +118,16 @@ def model_info(name: str) -> ModelInfo:
 
 def model_overrides(name: str) -> list[str]:
     """The keyword overrides `create_model(name, ...)` accepts."""
-    params = inspect.signature(_entry(name).builder).parameters
-    return sorted(p for p in params if p not in ("num_classes", "rngs", "dtype"))
+    builder = _entry(name).builder
+    target = builder.func if isinstance(builder, functools.partial) else builder
+    # nnx.Module classes hide their __init__ signature behind the metaclass's __call__.
+    params = inspect.signature(target.__init__ if isinstance(target, type) else target).parameters
+    skip = ("self", "num_classes", "rngs", "dtype")
+    return sorted(
+        p
+        for p, spec in params.items()
+        if p not in skip and spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)
+    )
 
 
 def create_model(

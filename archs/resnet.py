@@ -1,1 +1,360 @@
-"""(being written)"""
+"""One generic residual network: ResNet, plain, ResNeXt, SE-ResNet/SE-ResNeXt/SENet-154, CIFAR nets.
+
+Every variant is a registry entry of `ResNet` with different parts (He et al. 2016; Xie et al. 2017;
+Hu et al. 2018):
+- `stem`: 'imagenet' (7x7/2 conv, BN, ReLU, 3x3/2 max pool), 'cifar' (3x3 conv, BN, ReLU) or 'deep'
+  (timm's 3x3/2 64, 3x3 64, 3x3 2*stem_width, BN, ReLU, max pool: SENet-154's stem);
+- `block`: 'basic' (two 3x3) or 'bottleneck' (1x1, 3x3 with `groups`, 1x1 expanding 4x), the
+  bottleneck width `floor(planes * width_per_group / 64) * groups` as torchvision, the first 1x1
+  `width // reduce_first` wide (SENet-154: 2);
+- `shortcut`: 'A' (stride subsampling and zero channel padding, no parameters), 'B' (projection
+  where the shape changes), 'C' (projection on every block), 'none' (a plain net);
+- `stride_in`: '3x3' (torchvision v1.5) or '1x1' (the paper and Caffe, v1);
+- `attention`: 'none' or 'se' (squeeze-excitation on the residual branch before the addition,
+  `se_reduction`);
+- `zero_init_residual` (last BN scale of each block starts at 0), `depths`, `widths` (planes per
+  stage), `stem_width`, `drop_rate` (dropout before `fc`), `downsample_kernel` (SENet-154's 3x3
+  projections), `pool_ceil_mode` (Caffe's ceil-mode stem pool, timm's legacy nets).
+
+Module paths follow torchvision/timm: `conv1`, `bn1`, `layer{i}.{j}.conv1|bn1|conv2|bn2|conv3|bn3`,
+`layer{i}.{j}.se.fc1|fc2`, `layer{i}.{j}.downsample.0|1`, `fc`. The deep stem's `conv1` list
+holds [conv, bn, conv, bn, conv], timm's `conv1.0, conv1.1, conv1.3, conv1.4, conv1.6`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from archs import layers
+from archs.classifier import Classifier
+from archs.registry import CIFAR10_MEAN, CIFAR10_STD, register
+
+Array = jax.Array
+
+BLOCKS = ("basic", "bottleneck")
+SHORTCUTS = ("A", "B", "C", "none")
+STRIDE_IN = ("1x1", "3x3")
+ATTENTIONS = ("none", "se")
+STEMS = ("imagenet", "cifar", "deep")
+
+
+def _check_choice(name: str, value: object, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+class Block(nnx.Module):
+    """A basic or bottleneck residual block with a swappable shortcut and attention."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        *,
+        block: str,
+        groups: int,
+        width_per_group: int,
+        reduce_first: int,
+        stride_in: str,
+        shortcut: str,
+        attention: str,
+        se_reduction: int,
+        zero_init_residual: bool,
+        downsample_kernel: int,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
+        last_scale = nnx.initializers.zeros_init() if zero_init_residual else None
+        self.bottleneck = block == "bottleneck"
+        if self.bottleneck:
+            width = (planes * width_per_group // 64) * groups
+            first = width // reduce_first
+            out_channels = planes * 4
+            stride_1x1, stride_3x3 = (stride, 1) if stride_in == "1x1" else (1, stride)
+            self.conv1 = conv(in_channels, first, 1, stride=stride_1x1)
+            self.bn1 = norm(first)
+            self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=groups)
+            self.bn2 = norm(width)
+            self.conv3 = conv(width, out_channels, 1)
+            self.bn3 = norm(out_channels, **({"scale_init": last_scale} if last_scale else {}))
+        else:
+            out_channels = planes
+            self.conv1 = conv(in_channels, planes, 3, stride=stride)
+            self.bn1 = norm(planes)
+            self.conv2 = conv(planes, planes, 3)
+            self.bn2 = norm(planes, **({"scale_init": last_scale} if last_scale else {}))
+        self.se = (
+            layers.SqueezeExcite(out_channels, se_reduction, dtype=dtype, rngs=rngs)
+            if attention == "se"
+            else None
+        )
+        reshape = stride != 1 or in_channels != out_channels
+        self.shortcut = shortcut
+        self.stride = stride
+        self.pad_channels = out_channels - in_channels
+        project = shortcut == "C" or (shortcut == "B" and reshape)
+        kernel = downsample_kernel if stride != 1 else 1
+        self.downsample = (
+            nnx.List([conv(in_channels, out_channels, kernel, stride=stride), norm(out_channels)])
+            if project
+            else None
+        )
+
+    def residual(self, x: Array) -> Array:
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(jax.nn.relu(out)))
+        if self.se is not None:
+            out = self.se(out)
+        return out
+
+    def identity(self, x: Array) -> Array:
+        if self.downsample is not None:
+            return self.downsample[1](self.downsample[0](x))
+        if self.stride != 1:
+            x = x[:, :: self.stride, :: self.stride, :]
+        if self.pad_channels:
+            before = self.pad_channels // 2
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (before, self.pad_channels - before)))
+        return x
+
+    def __call__(self, x: Array) -> Array:
+        out = self.residual(x)
+        if self.shortcut != "none":
+            out = out + self.identity(x)
+        return jax.nn.relu(out)
+
+
+class ResNet(Classifier):
+    """The generic network; see the module docstring for every part."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1000,
+        block: str = "bottleneck",
+        depths: Sequence[int] = (3, 4, 6, 3),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        stem_width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        reduce_first: int = 1,
+        shortcut: str = "B",
+        stride_in: str = "3x3",
+        attention: str = "none",
+        se_reduction: int = 16,
+        zero_init_residual: bool = False,
+        downsample_kernel: int = 1,
+        pool_ceil_mode: bool = False,
+        drop_rate: float = 0.0,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        _check_choice("block", block, BLOCKS)
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("stride_in", stride_in, STRIDE_IN)
+        _check_choice("attention", attention, ATTENTIONS)
+        _check_choice("stem", stem, STEMS)
+        _check_choice("downsample_kernel", downsample_kernel, (1, 3))
+        depths, widths = tuple(depths), tuple(widths)
+        if not depths or len(depths) != len(widths) or min(depths) < 1 or min(widths) < 1:
+            raise ValueError(
+                f"depths={depths} and widths={widths} must be non-empty positive sequences "
+                "of equal length"
+            )
+        if block == "basic" and (groups != 1 or width_per_group != 64 or reduce_first != 1):
+            raise ValueError(
+                f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
+                f"groups={groups}, width_per_group={width_per_group}, reduce_first={reduce_first}"
+            )
+        for name, value in (("groups", groups), ("width_per_group", width_per_group)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive int")
+        if not isinstance(se_reduction, int) or se_reduction < 1:
+            raise ValueError(f"se_reduction={se_reduction!r} must be a positive int")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate={drop_rate!r} must be in [0, 1)")
+
+        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
+        self.stem = stem
+        self.pool_ceil_mode = pool_ceil_mode
+        if stem == "deep":
+            in_channels = stem_width * 2
+            self.conv1 = nnx.List(
+                [
+                    conv(3, stem_width, 3, stride=2),
+                    norm(stem_width),
+                    conv(stem_width, stem_width, 3),
+                    norm(stem_width),
+                    conv(stem_width, in_channels, 3),
+                ]
+            )
+        else:
+            in_channels = stem_width
+            kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+            self.conv1 = conv(3, stem_width, kernel, stride=stride)
+        self.bn1 = norm(in_channels)
+
+        self.num_stages = len(depths)
+        for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
+            stage = []
+            for j in range(depth):
+                stride = 2 if index > 0 and j == 0 else 1
+                unit = Block(
+                    in_channels,
+                    planes,
+                    stride,
+                    block=block,
+                    groups=groups,
+                    width_per_group=width_per_group,
+                    reduce_first=reduce_first,
+                    stride_in=stride_in,
+                    shortcut=shortcut,
+                    attention=attention,
+                    se_reduction=se_reduction,
+                    zero_init_residual=zero_init_residual,
+                    downsample_kernel=downsample_kernel,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                in_channels = planes * 4 if block == "bottleneck" else planes
+                stage.append(unit)
+            setattr(self, f"layer{index + 1}", nnx.List(stage))
+        self.num_features = in_channels
+        self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
+        self.fc = layers.linear(in_channels, num_classes, dtype=dtype, rngs=rngs)
+
+    def forward_stem(self, x: Array) -> Array:
+        if self.stem == "deep":
+            conv_a, bn_a, conv_b, bn_b, conv_c = self.conv1
+            x = jax.nn.relu(bn_a(conv_a(x)))
+            x = jax.nn.relu(bn_b(conv_b(x)))
+            x = conv_c(x)
+        else:
+            x = self.conv1(x)
+        x = jax.nn.relu(self.bn1(x))
+        if self.stem == "cifar":
+            return x
+        if self.pool_ceil_mode:
+            return layers.max_pool(x, 3, 2, 0, ceil_mode=True)
+        return layers.max_pool(x, 3, 2, 1)
+
+    def forward_features(self, x: Array) -> dict[str, Array]:
+        feats = {"stem": self.forward_stem(x)}
+        out = feats["stem"]
+        for index in range(1, self.num_stages + 1):
+            for unit in getattr(self, f"layer{index}"):
+                out = unit(out)
+            feats[f"stage{index}"] = out
+        feats["pre_logits"] = layers.global_avg_pool(out)
+        return feats
+
+    def head(self, pre_logits: Array) -> Array:
+        return self.fc(self.dropout(pre_logits))
+
+
+TIMM_SE = {"attention": "se", "interpolation": "bicubic"}
+
+
+def _register(name: str, family: str, structure: str, **defaults) -> None:
+    """Register `name` as ResNet with `defaults`; model-info keywords are split off."""
+    info_keys = ("image_size", "num_classes", "mean", "std", "crop_pct", "interpolation")
+    info = {k: defaults.pop(k) for k in info_keys if k in defaults}
+    register(name, partial(ResNet, **defaults), family=family, structure=structure, **info)
+
+
+BASIC = {"block": "basic"}
+IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+IMAGENET_DEPTHS[152] = (3, 8, 36, 3)
+
+for _depth in (18, 34, 50, 101, 152):
+    _block = "basic" if _depth < 50 else "bottleneck"
+    _register(
+        f"resnet{_depth}", "resnet", "torchvision", block=_block, depths=IMAGENET_DEPTHS[_depth]
+    )
+for _depth in (18, 34):
+    _register(
+        f"plain{_depth}",
+        "resnet",
+        "paper",
+        block="basic",
+        depths=IMAGENET_DEPTHS[_depth],
+        shortcut="none",
+    )
+
+for _name, _depths, _groups, _wpg, _structure in (
+    ("resnext50_32x4d", IMAGENET_DEPTHS[50], 32, 4, "torchvision"),
+    ("resnext101_32x4d", IMAGENET_DEPTHS[101], 32, 4, "timm"),
+    ("resnext101_32x8d", IMAGENET_DEPTHS[101], 32, 8, "torchvision"),
+    ("resnext101_64x4d", IMAGENET_DEPTHS[101], 64, 4, "torchvision"),
+):
+    _register(_name, "resnext", _structure, depths=_depths, groups=_groups, width_per_group=_wpg)
+
+for _depth in (50, 101, 152):
+    _register(f"seresnet{_depth}", "senet", "timm", depths=IMAGENET_DEPTHS[_depth], **TIMM_SE)
+_register(
+    "seresnext50_32x4d",
+    "senet",
+    "timm",
+    depths=IMAGENET_DEPTHS[50],
+    groups=32,
+    width_per_group=4,
+    **TIMM_SE,
+)
+_register(
+    "seresnext101_32x4d",
+    "senet",
+    "timm",
+    depths=IMAGENET_DEPTHS[101],
+    groups=32,
+    width_per_group=4,
+    **TIMM_SE,
+)
+_register(
+    "senet154",
+    "senet",
+    "timm",
+    depths=IMAGENET_DEPTHS[152],
+    groups=64,
+    width_per_group=4,
+    reduce_first=2,
+    stem="deep",
+    downsample_kernel=3,
+    attention="se",
+)
+
+CIFAR = {
+    "stem": "cifar",
+    "image_size": 32,
+    "num_classes": 10,
+    "mean": CIFAR10_MEAN,
+    "std": CIFAR10_STD,
+    "crop_pct": 1.0,
+}
+for _n, _depth in ((3, 20), (5, 32), (7, 44), (9, 56), (18, 110), (200, 1202)):
+    _cifar_net = dict(block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem_width=16, **CIFAR)
+    _register(f"resnet{_depth}", "cifar_resnet", "paper", shortcut="A", **_cifar_net)
+    if _depth != 1202:
+        _register(f"plain{_depth}", "cifar_resnet", "paper", shortcut="none", **_cifar_net)
+for _cardinality in (8, 16):
+    _register(
+        f"resnext29_{_cardinality}x64d",
+        "cifar_resnext",
+        "paper",
+        depths=(3, 3, 3),
+        widths=(64, 128, 256),
+        groups=_cardinality,
+        width_per_group=64,
+        **CIFAR,
+    )

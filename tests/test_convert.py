@@ -223,3 +223,39 @@ def test_head_is_the_classifier_and_aux_classifiers():
         "fc.bias",
         "fc.kernel",
     ]
+
+
+def test_cli_converts_and_the_result_restores(tmp_path, capsys):
+    # A torchvision-layout GoogLeNet checkpoint with random values, written without torch.
+    rng = np.random.default_rng(0)
+    layout = convert.torch_layout(abstract_model("googlenet"), "googlenet")
+    flat = dict(nnx.to_flat_state(nnx.state(abstract_model("googlenet"))))
+    sd = {
+        src.key: rng.normal(size=src.torch_shape(flat[path].shape)).astype(np.float32)
+        for path, src in layout.items()
+    }
+    sd["conv1.bn.num_batches_tracked"] = np.array(5, np.int64)
+    path = tmp_path / "googlenet.safetensors"
+    save_file(sd, str(path))
+    out = tmp_path / "converted"
+    args = ["--model", "googlenet", "--from", str(path), "--out", str(out), "--num-classes", "10"]
+    assert convert.main(args) == 0
+    assert "wrote googlenet" in capsys.readouterr().out
+
+    restored = convert.restore_state(abstract_model("googlenet", num_classes=10), out)
+    weight = sd["inception4a.branch2.1.conv.weight"]
+    kernel = restored.inception4a.branch2[1].conv.kernel[...]
+    np.testing.assert_array_equal(kernel, weight.transpose(2, 3, 1, 0))
+    assert restored.fc.kernel.shape == (1024, 10)
+    loaded = archs.load_pretrained("googlenet", path, num_classes=10)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(restored, (nnx.Param, nnx.BatchStat))),
+        jax.tree.leaves(nnx.state(loaded, (nnx.Param, nnx.BatchStat))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    assert convert.main(args) == 2  # the directory exists now
+    assert "already exists" in capsys.readouterr().err
+    assert convert.main(["--model", "googlenett", "--from", str(path), "--out", "x"]) == 2
+    assert "did you mean googlenet" in capsys.readouterr().err

@@ -32,7 +32,12 @@ def load_config(path: str, arg: str | None = None):
 
 def test_he_cifar_step_schedule():
     c = load_config("configs/cifar10.py")
-    assert (c.model, c.batch_size, c.num_train_steps, c.weight_decay) == ("resnet20", 128, 64000, 1e-4)
+    assert (c.model, c.batch_size, c.num_train_steps, c.weight_decay) == (
+        "resnet20",
+        128,
+        64000,
+        1e-4,
+    )
     lr = optim.learning_rate_schedule(c, steps_per_epoch=390, total_steps=c.num_train_steps)
     np.testing.assert_allclose(
         [lr(0), lr(31_999), lr(32_000), lr(47_999), lr(48_000), lr(63_999)],
@@ -46,7 +51,9 @@ def test_warmup_then_cosine_and_linear_scaling():
     c.update(schedule="cosine", warmup_epochs=2, batch_size=1024, lr_base_batch_size=256)
     lr = optim.learning_rate_schedule(c, steps_per_epoch=10, total_steps=100)
     assert optim.peak_learning_rate(c) == pytest.approx(0.4)
-    np.testing.assert_allclose([lr(0), lr(10), lr(20), lr(60), lr(100)], [0, 0.2, 0.4, 0.2, 0], atol=1e-6)
+    np.testing.assert_allclose(
+        [lr(0), lr(10), lr(20), lr(60), lr(100)], [0, 0.2, 0.4, 0.2, 0], atol=1e-6
+    )
 
 
 def test_sgd_weight_decay_is_coupled_and_can_skip_norm_and_bias():
@@ -54,7 +61,12 @@ def test_sgd_weight_decay_is_coupled_and_can_skip_norm_and_bias():
     zero = jax.tree.map(jnp.zeros_like, params)
     for exclude, bias_after in ((False, 1 - 0.1 * 0.5), (True, 1.0)):
         c = base_config()
-        c.update(learning_rate=0.1, weight_decay=0.5, momentum=0.9, weight_decay_exclude_norm_bias=exclude)
+        c.update(
+            learning_rate=0.1,
+            weight_decay=0.5,
+            momentum=0.9,
+            weight_decay_exclude_norm_bias=exclude,
+        )
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 1, 10))
         updates, _ = tx.update(zero, tx.init(params), params)
         new = optax.apply_updates(params, updates)
@@ -104,7 +116,9 @@ def test_stream_resume_sees_the_same_batches():
     with mock_datasets():
         c = tiny_config(dataset="imagenet2012", data_pipeline="stream", augment="inception")
         source = data.open_source(c)
-        train = data.TrainData(source, 4, seed=0, preprocess=_preprocess(augment="inception"), buffer=8)
+        train = data.TrainData(
+            source, 4, seed=0, preprocess=_preprocess(augment="inception"), buffer=8
+        )
         it = train.batches(0)
         from_start = [next(it) for _ in range(train.steps_per_epoch + 2)]
         resumed = train.batches(train.steps_per_epoch - 1)  # crosses an epoch boundary
@@ -147,10 +161,24 @@ def test_eval_view_protocols():
 
 def test_every_recipe_is_a_valid_config():
     args = {
-        "configs/cifar10.py": [None, "resnet56", "resnet20,fast", "densenet_bc_100_12", "resnext29_8x64d"],
+        "configs/cifar10.py": [
+            None,
+            "resnet56",
+            "resnet20,fast",
+            "densenet_bc_100_12",
+            "resnext29_8x64d",
+        ],
         "configs/cifar100.py": [None],
-        "configs/imagenet.py": [None, "alexnet_lrn", "vgg16", "densenet121", "seresnet50", "googlenet",
-                                "resnet50,goyal", "resnet50,lars"],
+        "configs/imagenet.py": [
+            None,
+            "alexnet_lrn",
+            "vgg16",
+            "densenet121",
+            "seresnet50",
+            "googlenet",
+            "resnet50,goyal",
+            "resnet50,lars",
+        ],
         "configs/imagenette.py": [None],
         "configs/finetune.py": [None],
     }
@@ -167,7 +195,7 @@ def test_every_recipe_is_a_valid_config():
 def test_check_config_names_the_bad_value():
     c = base_config()
     c.augment = "mixup"
-    with pytest.raises(ConfigError, match="augment='mixup'.*allowed: cifar"):
+    with pytest.raises(ConfigError, match=r"augment='mixup'.*allowed: cifar"):
         check_config(c)
     c = base_config()
     c.num_train_steps, c.num_epochs = 0, 0

@@ -89,14 +89,7 @@ def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def converted(name: str, reference: torch.nn.Module) -> nnx.Module:
-    model = archs.create_model(name, **OUR_OVERRIDES.get(name, {}))
-    convert.convert_state(
-        model,
-        convert.normalize_keys(state_dict_numpy(reference)),
-        family=archs.model_info(name).family,
-        label=name,
-    )
-    return model
+    return convert.from_state_dict(name, state_dict_numpy(reference), **OUR_OVERRIDES.get(name, {}))
 
 
 def relative_error(ours, theirs) -> float:
