@@ -190,15 +190,11 @@ def torch_layout(model: nnx.Module, family: str) -> dict[tuple, Source]:
     return layout
 
 
-def _head_paths(name: str, num_classes: int, overrides: dict[str, Any]) -> set[tuple]:
-    """Variables whose shapes depend on num_classes: the classifier and aux classifiers."""
-
-    def shapes(n: int) -> dict[tuple, tuple]:
-        model = nnx.eval_shape(lambda: registry.create_model(name, num_classes=n, **overrides))
-        return {path: v.shape for path, v in nnx.to_flat_state(nnx.state(model))}
-
-    a, b = shapes(num_classes), shapes(num_classes + 1)
-    return {path for path in a if a[path] != b[path]}
+def _head_paths(model: nnx.Module, bigger: nnx.Module) -> set[tuple]:
+    """Variables whose shapes depend on num_classes (the classifier and aux classifiers):
+    those that differ from the same network's with one class more."""
+    theirs = dict(nnx.to_flat_state(nnx.state(bigger)))
+    return {p for p, v in nnx.to_flat_state(nnx.state(model)) if v.shape != theirs[p].shape}
 
 
 def convert_state(
@@ -278,8 +274,9 @@ def from_state_dict(
     """`load_pretrained` from a torch state_dict already in memory (numpy arrays)."""
     info = registry.model_info(name)
     rngs = rngs if rngs is not None else nnx.Rngs(0)
+    classes = num_classes or info.num_classes
 
-    def create(rngs: nnx.Rngs) -> nnx.Module:
+    def create(rngs: nnx.Rngs, num_classes: int = classes) -> nnx.Module:
         return registry.create_model(name, num_classes=num_classes, rngs=rngs, **overrides)
 
     # Only what the checkpoint does not hold (a fresh head, RNG state) is initialised.
@@ -288,7 +285,7 @@ def from_state_dict(
         model,
         normalize_keys(state_dict),
         family=info.family,
-        head=_head_paths(name, num_classes or info.num_classes, overrides),
+        head=_head_paths(model, nnx.eval_shape(lambda r: create(r, classes + 1), rngs)),
         keep_fresh_head=num_classes is not None,
         label=name,
     )
@@ -323,12 +320,17 @@ def save_state(model: nnx.Module, directory: str | os.PathLike) -> str:
     """Write `nnx.to_pure_dict(nnx.state(model))` as an orbax checkpoint; returns its path."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory):
-        raise ConversionError(f"{directory!r} already exists; choose a new directory")
+    directory = _new_directory(directory)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory, nnx.to_pure_dict(nnx.state(model)))
     checkpointer.wait_until_finished()
+    return directory
+
+
+def _new_directory(directory: str | os.PathLike) -> str:
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory):
+        raise ConversionError(f"{directory!r} already exists; choose a new directory")
     return directory
 
 
@@ -366,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        _new_directory(args.out)  # before the slow part
         model = load_pretrained(
             args.model, args.source, num_classes=args.num_classes, **args.model_kwargs
         )

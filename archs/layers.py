@@ -281,7 +281,7 @@ def avg_pool(
     def window_sum(a: Array) -> Array:
         return jax.lax.reduce_window(
             a,
-            jnp.array(0, a.dtype),
+            0.0,
             jax.lax.add,
             window_dimensions=(1, kernel_size, kernel_size, 1),
             window_strides=(1, stride, stride, 1),

@@ -214,7 +214,9 @@ def test_layout_maps_exactly_the_reference_checkpoint(name):
 
 def test_head_is_the_classifier_and_aux_classifiers():
     # torchvision's GoogLeNet: `fc`, and `aux1.fc2` / `aux2.fc2` of its auxiliary heads.
-    head = convert._head_paths("googlenet", 1000, {})
+    head = convert._head_paths(
+        abstract_model("googlenet"), abstract_model("googlenet", num_classes=7)
+    )
     assert sorted(".".join(map(str, p)) for p in head) == [
         "aux1.fc2.bias",
         "aux1.fc2.kernel",
@@ -228,11 +230,11 @@ def test_head_is_the_classifier_and_aux_classifiers():
 def test_cli_converts_and_the_result_restores(tmp_path, capsys):
     # A torchvision-layout GoogLeNet checkpoint with random values, written without torch.
     rng = np.random.default_rng(0)
-    layout = convert.torch_layout(abstract_model("googlenet"), "googlenet")
-    flat = dict(nnx.to_flat_state(nnx.state(abstract_model("googlenet"))))
+    model = abstract_model("googlenet")
+    flat = dict(nnx.to_flat_state(nnx.state(model)))
     sd = {
         src.key: rng.normal(size=src.torch_shape(flat[path].shape)).astype(np.float32)
-        for path, src in layout.items()
+        for path, src in convert.torch_layout(model, "googlenet").items()
     }
     sd["conv1.bn.num_batches_tracked"] = np.array(5, np.int64)
     path = tmp_path / "googlenet.safetensors"
