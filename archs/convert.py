@@ -121,7 +121,7 @@ def _read_safetensors(path: str) -> StateDict:
     try:
         return load_file(path)
     except Exception as err:  # the package raises several types for a bad file
-        raise ConversionError(f"cannot read {path!r} as safetensors: {err}") from err
+        raise ConversionError(f"cannot read {path!r} as safetensors: {_first_line(err)}") from err
 
 
 def _read_torch(path: str) -> StateDict:
@@ -134,8 +134,9 @@ def _read_torch(path: str) -> StateDict:
     try:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # unpickling errors come in many types
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConversionError(f"cannot read {path!r} as a torch state_dict: {first_line}") from err
+        raise ConversionError(
+            f"cannot read {path!r} as a torch state_dict: {_first_line(err)}"
+        ) from err
     if not isinstance(loaded, dict):
         raise ConversionError(
             f"{path!r} holds a {type(loaded).__name__}, not a state_dict (a flat dict of tensors)"
@@ -150,6 +151,11 @@ def _read_torch(path: str) -> StateDict:
         key: value.detach().float().numpy() if value.is_floating_point() else value.numpy()
         for key, value in loaded.items()
     }
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def normalize_keys(state_dict: StateDict) -> StateDict:

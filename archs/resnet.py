@@ -1,24 +1,40 @@
 """One generic residual network: ResNet, plain, ResNeXt, SE-ResNet/SE-ResNeXt/SENet-154, CIFAR nets.
 
 Every variant is a registry entry of `ResNet` with different parts (He et al. 2016; Xie et al. 2017;
-Hu et al. 2018):
-- `stem`: 'imagenet' (7x7/2 conv, BN, ReLU, 3x3/2 max pool), 'cifar' (3x3 conv, BN, ReLU) or 'deep'
-  (timm's 3x3/2 64, 3x3 64, 3x3 2*stem_width, BN, ReLU, max pool: SENet-154's stem);
+Hu et al. 2018), and every part is a keyword override of `create_model`:
+- `stem`: 'imagenet' (7x7/2 conv, BN, ReLU, 3x3/2 max pool), 'cifar' (3x3 conv, BN, ReLU, no pool)
+  or 'deep' (3x3/2 `stem_width`, 3x3 `stem_width`, 3x3 2*`stem_width`, BN, ReLU, max pool: the
+  SENet-154 stem); `stem_width` (64; the CIFAR nets' 16);
 - `block`: 'basic' (two 3x3) or 'bottleneck' (1x1, 3x3 with `groups`, 1x1 expanding 4x), the
-  bottleneck width `floor(planes * width_per_group / 64) * groups` as torchvision, the first 1x1
-  `width // reduce_first` wide (SENet-154: 2);
-- `shortcut`: 'A' (stride subsampling and zero channel padding, no parameters), 'B' (projection
-  where the shape changes), 'C' (projection on every block), 'none' (a plain net);
-- `stride_in`: '3x3' (torchvision v1.5) or '1x1' (the paper and Caffe, v1);
-- `attention`: 'none' or 'se' (squeeze-excitation on the residual branch before the addition,
-  `se_reduction`);
-- `zero_init_residual` (last BN scale of each block starts at 0), `depths`, `widths` (planes per
-  stage), `stem_width`, `drop_rate` (dropout before `fc`), `downsample_kernel` (SENet-154's 3x3
-  projections), `pool_ceil_mode` (Caffe's ceil-mode stem pool, timm's legacy nets).
+  bottleneck width `floor(planes * width_per_group / 64) * groups` as torchvision and timm, the
+  first 1x1 `width // reduce_first` wide (SENet-154: 2, timm's `block_reduce_first`);
+- `shortcut`: 'A' (stride subsampling and zero channel padding split evenly on both sides, no
+  parameters), 'B' (projection where the shape changes), 'C' (projection on every block), 'none'
+  (a plain net);
+- `stride_in`: '3x3' (torchvision v1.5, timm) or '1x1' (the paper and Caffe, v1);
+- `attention`: 'none' or 'se' (squeeze-excitation on the residual branch before the addition),
+  its hidden width `se_reduction`-fold smaller, rounded as timm to the nearest multiple of
+  `se_divisor` and at least `se_divisor` (timm's `make_divisible(c / r, 8, round_limit=0)`;
+  `se_divisor=1` gives the paper's C/r when r divides C);
+- `zero_init_residual` (the last BN scale of each block starts at 0), `depths` (blocks per stage),
+  `widths` (planes per stage; the first stage keeps the resolution, the others halve it);
+- `downsample_kernel`: 1, or 3 for SENet-154's 3x3 projections (padding 1) in the blocks that
+  stride (timm's `down_kernel_size=3`, which keeps 1x1 where the stride is 1);
+- `pool_ceil_mode`: the stem's max pool in ceil mode without padding, as Caffe and timm's
+  `legacy_senet154` (PyTorch MaxPool2d(3, 2, ceil_mode=True)); default padding 1, floor mode;
+- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2).
+
+`senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
+floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
+1x1 gives 20.23). timm's `legacy_senet154` (the Caffe layout) computes the same function as
+`create_model("senet154", stride_in="1x1", pool_ceil_mode=True, drop_rate=0.2)`, under its own
+module names (`layer0.*`, `last_linear`).
 
 Module paths follow torchvision/timm: `conv1`, `bn1`, `layer{i}.{j}.conv1|bn1|conv2|bn2|conv3|bn3`,
-`layer{i}.{j}.se.fc1|fc2`, `layer{i}.{j}.downsample.0|1`, `fc`. The deep stem's `conv1` list
-holds [conv, bn, conv, bn, conv], timm's `conv1.0, conv1.1, conv1.3, conv1.4, conv1.6`.
+`layer{i}.{j}.se.fc1|fc2`, `layer{i}.{j}.downsample.0|1`, `fc`, so a torch key is our path with
+`weight` for `kernel`/`scale` (and `running_mean|var` for `mean|var`). One difference: the deep
+stem's `conv1` list holds [conv, bn, conv, bn, conv] at our indices 0-4, timm's `conv1.0, conv1.1,
+conv1.3, conv1.4, conv1.6` (timm's ReLUs sit at 2 and 5).
 """
 
 from __future__ import annotations
@@ -48,6 +64,17 @@ def _check_choice(name: str, value: object, allowed: Sequence) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int")
+
+
+def se_width(channels: int, reduction: int, divisor: int = 8) -> int:
+    """timm's SE hidden width: channels / reduction to the nearest multiple of `divisor`, at
+    least `divisor` (timm's make_divisible with round_limit=0)."""
+    return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
 class Block(nnx.Module):
     """A basic or bottleneck residual block with a swappable shortcut and attention."""
 
@@ -65,6 +92,7 @@ class Block(nnx.Module):
         shortcut: str,
         attention: str,
         se_reduction: int,
+        se_divisor: int,
         zero_init_residual: bool,
         downsample_kernel: int,
         dtype: jnp.dtype,
@@ -72,7 +100,8 @@ class Block(nnx.Module):
     ):
         conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
-        last_scale = nnx.initializers.zeros_init() if zero_init_residual else None
+        last_init = nnx.initializers.zeros_init() if zero_init_residual else None
+        last_norm = partial(norm, scale_init=last_init) if last_init else norm
         self.bottleneck = block == "bottleneck"
         if self.bottleneck:
             width = (planes * width_per_group // 64) * groups
@@ -84,18 +113,27 @@ class Block(nnx.Module):
             self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=groups)
             self.bn2 = norm(width)
             self.conv3 = conv(width, out_channels, 1)
-            self.bn3 = norm(out_channels, **({"scale_init": last_scale} if last_scale else {}))
+            self.bn3 = last_norm(out_channels)
         else:
             out_channels = planes
             self.conv1 = conv(in_channels, planes, 3, stride=stride)
             self.bn1 = norm(planes)
             self.conv2 = conv(planes, planes, 3)
-            self.bn2 = norm(planes, **({"scale_init": last_scale} if last_scale else {}))
+            self.bn2 = last_norm(planes)
         self.se = (
-            layers.SqueezeExcite(out_channels, se_reduction, dtype=dtype, rngs=rngs)
+            layers.SqueezeExcite(
+                out_channels,
+                reduced_channels=se_width(out_channels, se_reduction, se_divisor),
+                dtype=dtype,
+                rngs=rngs,
+            )
             if attention == "se"
             else None
         )
+        if shortcut == "A" and out_channels < in_channels:
+            raise ValueError(
+                f"shortcut='A' pads channels and cannot go from {in_channels} to {out_channels}"
+            )
         reshape = stride != 1 or in_channels != out_channels
         self.shortcut = shortcut
         self.stride = stride
@@ -153,6 +191,7 @@ class ResNet(Classifier):
         stride_in: str = "3x3",
         attention: str = "none",
         se_reduction: int = 16,
+        se_divisor: int = 8,
         zero_init_residual: bool = False,
         downsample_kernel: int = 1,
         pool_ceil_mode: bool = False,
@@ -177,11 +216,15 @@ class ResNet(Classifier):
                 f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
                 f"groups={groups}, width_per_group={width_per_group}, reduce_first={reduce_first}"
             )
-        for name, value in (("groups", groups), ("width_per_group", width_per_group)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
-        if not isinstance(se_reduction, int) or se_reduction < 1:
-            raise ValueError(f"se_reduction={se_reduction!r} must be a positive int")
+        for name, value in (
+            ("groups", groups),
+            ("width_per_group", width_per_group),
+            ("reduce_first", reduce_first),
+            ("se_reduction", se_reduction),
+            ("se_divisor", se_divisor),
+            ("stem_width", stem_width),
+        ):
+            _check_positive_int(name, value)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate={drop_rate!r} must be in [0, 1)")
 
@@ -223,6 +266,7 @@ class ResNet(Classifier):
                     shortcut=shortcut,
                     attention=attention,
                     se_reduction=se_reduction,
+                    se_divisor=se_divisor,
                     zero_init_residual=zero_init_residual,
                     downsample_kernel=downsample_kernel,
                     dtype=dtype,
@@ -264,9 +308,6 @@ class ResNet(Classifier):
         return self.fc(self.dropout(pre_logits))
 
 
-TIMM_SE = {"attention": "se", "interpolation": "bicubic"}
-
-
 def _register(name: str, family: str, structure: str, **defaults) -> None:
     """Register `name` as ResNet with `defaults`; model-info keywords are split off."""
     info_keys = ("image_size", "num_classes", "mean", "std", "crop_pct", "interpolation")
@@ -274,15 +315,19 @@ def _register(name: str, family: str, structure: str, **defaults) -> None:
     register(name, partial(ResNet, **defaults), family=family, structure=structure, **info)
 
 
-BASIC = {"block": "basic"}
-IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-IMAGENET_DEPTHS[152] = (3, 8, 36, 3)
+IMAGENET_DEPTHS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 
-for _depth in (18, 34, 50, 101, 152):
-    _block = "basic" if _depth < 50 else "bottleneck"
+for _depth, _block in ((18, "basic"), (34, "basic"), (50, "bottleneck"), (101, "bottleneck")):
     _register(
         f"resnet{_depth}", "resnet", "torchvision", block=_block, depths=IMAGENET_DEPTHS[_depth]
     )
+_register("resnet152", "resnet", "torchvision", depths=IMAGENET_DEPTHS[152])
 for _depth in (18, 34):
     _register(
         f"plain{_depth}",
@@ -293,47 +338,43 @@ for _depth in (18, 34):
         shortcut="none",
     )
 
-for _name, _depths, _groups, _wpg, _structure in (
-    ("resnext50_32x4d", IMAGENET_DEPTHS[50], 32, 4, "torchvision"),
-    ("resnext101_32x4d", IMAGENET_DEPTHS[101], 32, 4, "timm"),
-    ("resnext101_32x8d", IMAGENET_DEPTHS[101], 32, 8, "torchvision"),
-    ("resnext101_64x4d", IMAGENET_DEPTHS[101], 64, 4, "torchvision"),
+# timm's default weights for resnext101_32x4d (fb_ssl_yfcc100m_ft_in1k) use bilinear resizing.
+for _name, _structure, _depth, _groups, _wpg in (
+    ("resnext50_32x4d", "torchvision", 50, 32, 4),
+    ("resnext101_32x4d", "timm", 101, 32, 4),
+    ("resnext101_32x8d", "torchvision", 101, 32, 8),
+    ("resnext101_64x4d", "torchvision", 101, 64, 4),
 ):
-    _register(_name, "resnext", _structure, depths=_depths, groups=_groups, width_per_group=_wpg)
+    _register(
+        _name,
+        "resnext",
+        _structure,
+        depths=IMAGENET_DEPTHS[_depth],
+        groups=_groups,
+        width_per_group=_wpg,
+    )
 
-for _depth in (50, 101, 152):
-    _register(f"seresnet{_depth}", "senet", "timm", depths=IMAGENET_DEPTHS[_depth], **TIMM_SE)
+# timm's default pretrained configs: bicubic resizing, crop 0.875 but seresnet50's a1_in1k 0.95.
+TIMM_SE = {"family": "senet", "structure": "timm", "attention": "se", "interpolation": "bicubic"}
+_register("seresnet50", **TIMM_SE, crop_pct=0.95)
+_register("seresnet101", **TIMM_SE, depths=IMAGENET_DEPTHS[101])
+_register("seresnet152", **TIMM_SE, depths=IMAGENET_DEPTHS[152])
+_register("seresnext50_32x4d", **TIMM_SE, groups=32, width_per_group=4)
 _register(
-    "seresnext50_32x4d",
-    "senet",
-    "timm",
-    depths=IMAGENET_DEPTHS[50],
-    groups=32,
-    width_per_group=4,
-    **TIMM_SE,
-)
-_register(
-    "seresnext101_32x4d",
-    "senet",
-    "timm",
-    depths=IMAGENET_DEPTHS[101],
-    groups=32,
-    width_per_group=4,
-    **TIMM_SE,
+    "seresnext101_32x4d", **TIMM_SE, depths=IMAGENET_DEPTHS[101], groups=32, width_per_group=4
 )
 _register(
     "senet154",
-    "senet",
-    "timm",
+    **TIMM_SE,
     depths=IMAGENET_DEPTHS[152],
     groups=64,
     width_per_group=4,
     reduce_first=2,
     stem="deep",
     downsample_kernel=3,
-    attention="se",
 )
 
+# He et al. 2016, Sec. 4.2: 6n+2 layers; Xie et al. 2017, Sec. 5.3: ResNeXt-29.
 CIFAR = {
     "stem": "cifar",
     "image_size": 32,

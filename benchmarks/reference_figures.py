@@ -10,11 +10,12 @@ the reference model's parameters (BatchNorm running statistics are buffers, so e
 `gmacs` is `torch.utils.flop_counter.FlopCounterMode`'s FLOPs (convolutions and matrix
 products) for one image at the model's default resolution in eval mode, halved, in billions.
 Models are built on the meta device, so nothing is allocated and the run takes seconds.
-GoogLeNet is built without its auxiliary heads, as its reference counts exclude them.
+GoogLeNet is built with its auxiliary heads (their parameters count, as in references.py;
+in eval mode they do not run, so they add no MACs).
 
-`--state-shapes` prints instead name -> {state_dict key: shape} of the full reference
-checkpoint layout (GoogLeNet with its auxiliary heads, as torchvision publishes it): the
-fixture tests/data/reference_state_shapes.json that tests/test_convert.py maps without torch.
+`--state-shapes` prints instead name -> {state_dict key: shape} of the reference checkpoint
+layout: the fixture tests/data/reference_state_shapes.json that tests/test_convert.py maps
+without torch.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from archs import references
 
 # Builder arguments that make the reference model match what references.py counts.
-TORCHVISION_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}}
+TORCHVISION_KWARGS = {"googlenet": {"aux_logits": True, "init_weights": False}}
 IMAGE_SIZES = {"inception_resnet_v2": 299}
 
 
-def reference_model(name: str, **kwargs) -> torch.nn.Module:
+def reference_model(name: str) -> torch.nn.Module:
     """The torchvision or timm model that references.py cites for `name`, in eval mode."""
     source = references.REFERENCES[name].source
     if source.startswith("torchvision"):
-        kwargs = kwargs or TORCHVISION_KWARGS.get(name, {})
+        kwargs = TORCHVISION_KWARGS.get(name, {})
         return torchvision.models.get_model(name, weights=None, **kwargs).eval()
     return timm.create_model(name, pretrained=False).eval()
 
@@ -59,9 +60,8 @@ def figures(name: str) -> dict[str, float]:
 
 def state_shapes(name: str) -> dict[str, list[int]]:
     """The reference checkpoint's keys and tensor shapes (num_batches_tracked included)."""
-    kwargs = {"init_weights": False} if name == "googlenet" else {}
     with torch.device("meta"):
-        model = reference_model(name, **kwargs)
+        model = reference_model(name)
     return {key: list(value.shape) for key, value in model.state_dict().items()}
 
 

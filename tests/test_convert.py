@@ -8,6 +8,7 @@ with the torch models themselves is tests/parity/.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 
@@ -175,6 +176,15 @@ def test_unreadable_files_are_refused(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(convert.ConversionError, match="cannot read"):
         convert.read_checkpoint(bad)
+
+
+def test_pth_without_torch_says_what_to_do(tmp_path):
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed; tests/parity reads .pth files")
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"")
+    with pytest.raises(convert.ConversionError, match=r"needs torch .* \.safetensors"):
+        convert.read_checkpoint(path)
 
 
 def test_orbax_state_round_trip(tmp_path):

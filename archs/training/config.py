@@ -14,7 +14,7 @@ DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULES = ("step", "cosine", "exponential", "constant")
 PARALLELISMS = ("jit",)
-BN_MODES = ("global",)
+BN_MODES = ("sync",)
 AUGMENTS = ("cifar", "flip", "inception", "scale_jitter", "none")
 EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale")
 PIPELINES = ("auto", "memory", "stream")
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"
     c.parallelism = "jit"  # 'pmap' comes with the scaling issue
-    c.bn_mode = "global"  # 'per_device' comes with the scaling issue
+    c.bn_mode = "sync"  # 'per_device' comes with the scaling issue
     c.init_from = ""
     c.eval_only = False
     c.log_every_steps = 100

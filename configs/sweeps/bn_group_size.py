@@ -8,7 +8,7 @@ Source: Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hou
 Sec. 2.1-2.2 and 4.2 (Table 2 and Fig. 1: 23.60 % top-1 error at 256 vs 23.74 % at 8k with
 warmup; per-worker BN over n = 32 images, Sec. 2.3).
 Expected: batch_size 256/1024/4096 within about 0.3 % top-1 of each other with warmup_epochs=5;
-bn_mode 'per_device' equal to or slightly above 'global' (statistics over the whole batch).
+bn_mode 'per_device' equal to or slightly above 'sync' (statistics over the whole batch).
 Smoke: resnet20 on CIFAR-10, batch 32 and 128 with the scaled rate, both bn modes, 100 steps
 (on one CPU device both modes agree).
 Command: python sweep.py --sweep=configs/sweeps/bn_group_size.py --workdir=runs/bn
@@ -34,7 +34,7 @@ def get_sweep(arg=None):
     check_arg(arg, ("smoke",))
     if arg == "smoke":
         short = {"num_train_steps": 100, "eval_every_steps": 100}
-        runs = product(scaled([32, 128], 1), bn_mode=["global", "per_device"])
+        runs = product(scaled([32, 128], 1), bn_mode=["sync", "per_device"])
         return "configs/cifar10.py:resnet20", product(runs, [short])
-    runs = product(scaled([256, 1024, 4096], 5), bn_mode=["global", "per_device"])
+    runs = product(scaled([256, 1024, 4096], 5), bn_mode=["sync", "per_device"])
     return "configs/imagenet.py:resnet50", runs
