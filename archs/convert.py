@@ -33,8 +33,8 @@ are ints in memory, strings on disk: restore with a target), holding every varia
 `num_classes` and overrides (`--model-kwargs`, which the checkpoint does not record: give
 training the same `config.model_kwargs`); `config.init_from=DIR` does the same at step 0.
 
-Stacked (scanned) blocks would store one leaf for all blocks of a stage; `torch_layout` is the
-one place such a leaf would map to the list of its blocks' keys (stacked on axis 0).
+Stacked blocks (ResNet's `scan_blocks`: one variable for blocks `layer3.1`..`layer3.5`, on a
+leading axis) map to one torch key per block, stacked in order (`torch_layout`).
 """
 
 from __future__ import annotations
@@ -69,25 +69,32 @@ KEY_RULES: dict[str, tuple[tuple[str, str], ...]] = {
     # `features` is our method name, so their `features` Sequential is our `feature_layers`.
     "alexnet": ((r"^feature_layers\b", "features"),),
     "vgg": ((r"^feature_layers\b", "features"),),
+    # SENet-154's deep stem: our conv1.0-4 are timm's conv1.0, 1, 3, 4, 6 (ReLUs between).
+    "senet": ((r"^conv1\.4$", "conv1.6"), (r"^conv1\.3$", "conv1.4"), (r"^conv1\.2$", "conv1.3")),
 }
 
 _OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 
 
 class Source(NamedTuple):
-    """Where one of our variables comes from: a torch key, and the axes that turn its layout
-    into ours (`ours = np.transpose(theirs, axes)`; None when the layouts agree)."""
+    """Where one of our variables comes from: its torch key (one per block, in order, for
+    blocks stacked on axis 0), and the axes that turn the torch layout into ours
+    (`ours = np.transpose(theirs, axes)`; None when the layouts agree)."""
 
-    key: str
+    keys: tuple[str, ...]
     axes: tuple[int, ...] | None
+    stacked: bool = False
 
-    def to_ours(self, value: np.ndarray) -> np.ndarray:
-        return value if self.axes is None else np.transpose(value, self.axes)
+    def to_ours(self, values: list[np.ndarray]) -> np.ndarray:
+        ours = [v if self.axes is None else np.transpose(v, self.axes) for v in values]
+        return np.stack(ours) if self.stacked else ours[0]
 
     def torch_shape(self, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of each torch tensor for a variable of our shape."""
+        shape = tuple(our_shape[1:] if self.stacked else our_shape)
         if self.axes is None:
-            return tuple(our_shape)
-        return tuple(our_shape[self.axes.index(i)] for i in range(len(self.axes)))
+            return shape
+        return tuple(shape[self.axes.index(i)] for i in range(len(self.axes)))
 
 
 _OIHW_TO_HWIO = (2, 3, 1, 0)
@@ -179,21 +186,35 @@ def _torch_module_name(path: tuple, family: str) -> str:
 def torch_layout(model: nnx.Module, family: str) -> dict[tuple, Source]:
     """Our variable path -> its torch source, for every variable of the model's layers.
 
-    Works on abstract models (`nnx.eval_shape`) too: it reads structure only.
+    Works on abstract models (`nnx.eval_shape`) too: it reads structure only. A variable with
+    one axis more than its layer type has holds blocks stacked for `nnx.scan` (ResNet's
+    `scan_blocks`): entry k of it is the block whose index (the first integer of the path)
+    is k more than the stack's.
     """
     layout = {}
     for module_path, layer in nnx.iter_modules(model):
         variables = next((v for t, v in _LAYER_VARIABLES.items() if isinstance(layer, t)), None)
         if variables is None:
             continue
-        prefix = _torch_module_name(module_path, family)
         for ours, (theirs, axes) in variables.items():
-            if getattr(layer, ours, None) is not None:
-                layout[(*module_path, ours)] = Source(f"{prefix}.{theirs}", axes)
+            variable = getattr(layer, ours, None)
+            if variable is None:
+                continue
+            stacked = len(variable.shape) > (len(axes) if axes else 1)
+            paths = _block_paths(module_path, variable.shape[0]) if stacked else [module_path]
+            keys = tuple(f"{_torch_module_name(p, family)}.{theirs}" for p in paths)
+            layout[(*module_path, ours)] = Source(keys, axes, stacked)
     for path, _ in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))):
         if path not in layout:
             raise ConversionError(f"our variable {_dotted(path)} has no torch counterpart")
     return layout
+
+
+def _block_paths(stack_path: tuple, count: int) -> list[tuple]:
+    first = next(i for i, p in enumerate(stack_path) if isinstance(p, int))
+    return [
+        (*stack_path[:first], stack_path[first] + k, *stack_path[first + 1 :]) for k in range(count)
+    ]
 
 
 def _head_paths(model: nnx.Module, bigger: nnx.Module) -> set[tuple]:
@@ -222,21 +243,24 @@ def convert_state(
     layout = torch_layout(model, family)
     for path, source in layout.items():
         variable = flat[path]
-        if source.key not in state_dict:
+        missing = [key for key in source.keys if key not in state_dict]
+        if missing:
             raise ConversionError(
-                f"checkpoint has no key {source.key!r} (for {label}'s {_dotted(path)})"
+                f"checkpoint has no key {missing[0]!r} (for {label}'s {_dotted(path)})"
             )
-        value = source.to_ours(state_dict[source.key])
-        if value.shape != variable.shape:
+        expected = source.torch_shape(variable.shape)
+        wrong = [key for key in source.keys if tuple(state_dict[key].shape) != expected]
+        if wrong:
             if keep_fresh_head and path in head:
                 continue
             hint = " (pass num_classes= for a new head)" if path in head else ""
             raise ConversionError(
-                f"checkpoint key {source.key!r} has shape {tuple(state_dict[source.key].shape)}"
-                f", {label}'s {_dotted(path)} needs {source.torch_shape(variable.shape)}{hint}"
+                f"checkpoint key {wrong[0]!r} has shape {tuple(state_dict[wrong[0]].shape)}, "
+                f"{label}'s {_dotted(path)} needs {expected}{hint}"
             )
+        value = source.to_ours([state_dict[key] for key in source.keys])
         variable.set_value(jnp.asarray(value, dtype=variable.dtype))
-    used = {source.key for source in layout.values()}
+    used = {key for source in layout.values() for key in source.keys}
     extra = [key for key in state_dict if key not in used]
     if extra:
         raise ConversionError(

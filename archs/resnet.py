@@ -22,28 +22,43 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   stride (timm's `down_kernel_size=3`, which keeps 1x1 where the stride is 1);
 - `pool_ceil_mode`: the stem's max pool in ceil mode without padding, as Caffe and timm's
   `legacy_senet154` (PyTorch MaxPool2d(3, 2, ceil_mode=True)); default padding 1, floor mode;
-- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2).
+- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2);
+- `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
+  stacked parameters, so XLA compiles one block per stage instead of each (same function; much
+  faster compilation of the deep nets); `remat`: recompute each block's activations in the
+  backward pass (`nnx.remat`) instead of storing them (less memory, about one more forward).
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
 floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
-1x1 gives 20.23). timm's `legacy_senet154` (the Caffe layout) computes the same function as
-`create_model("senet154", stride_in="1x1", pool_ceil_mode=True, drop_rate=0.2)`, under its own
-module names (`layer0.*`, `last_linear`).
+1x1 gives 20.23). timm's `legacy_senet154` (the Caffe port, which also strides in the 3x3)
+computes the same function as `create_model("senet154", pool_ceil_mode=True, drop_rate=0.2)`
+under its own module names (`layer0.conv1|bn1|conv2|bn2|conv3` and `layer0.bn3` for our `conv1.*`
+and `bn1`, `se_module` for `se`, `last_linear` for `fc`); `stride_in='1x1'` is the layout of
+its `legacy_seresnet*` nets.
 
 Module paths follow torchvision/timm: `conv1`, `bn1`, `layer{i}.{j}.conv1|bn1|conv2|bn2|conv3|bn3`,
 `layer{i}.{j}.se.fc1|fc2`, `layer{i}.{j}.downsample.0|1`, `fc`, so a torch key is our path with
 `weight` for `kernel`/`scale` (and `running_mean|var` for `mean|var`). One difference: the deep
 stem's `conv1` list holds [conv, bn, conv, bn, conv] at our indices 0-4, timm's `conv1.0, conv1.1,
 conv1.3, conv1.4, conv1.6` (timm's ReLUs sit at 2 and 5).
+
+With `scan_blocks=True` a stage of n > 1 blocks is `layer{i}` = [first block, stacked blocks]:
+`layer{i}.0.*` is torch's `layer{i}.0.*` and every variable of `layer{i}.1.*` has a leading axis
+of n - 1 whose index k is torch's `layer{i}.{k + 1}.*` (e.g. resnet50's `layer3.1.conv1.kernel`
+is (5, 1, 1, 1024, 256): torch `layer3.1` .. `layer3.5`). `unstack_blocks` / `stack_blocks`
+map flat states between the two layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import re
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from archs import layers
@@ -130,10 +145,6 @@ class Block(nnx.Module):
             if attention == "se"
             else None
         )
-        if shortcut == "A" and out_channels < in_channels:
-            raise ValueError(
-                f"shortcut='A' pads channels and cannot go from {in_channels} to {out_channels}"
-            )
         reshape = stride != 1 or in_channels != out_channels
         self.shortcut = shortcut
         self.stride = stride
@@ -172,6 +183,49 @@ class Block(nnx.Module):
         return jax.nn.relu(out)
 
 
+def _call_block(unit: Block, x: Array) -> Array:
+    return unit(x)
+
+
+def stacked_blocks(blocks: Sequence[Block]) -> Block:
+    """Identically shaped blocks as one Block whose variables are stacked on a new axis 0 (built
+    one by one first, so a scanned model starts from the unscanned model's values)."""
+    states = [nnx.state(unit) for unit in blocks]
+    return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+def _block_index(path: tuple) -> int | None:
+    """j for a variable of block `layer{i}.{j}` (indices are str in checkpoints), else None."""
+    if len(path) > 2 and re.fullmatch(r"layer\d+", str(path[0])):
+        return int(path[1])
+    return None
+
+
+def unstack_blocks(flat: Mapping[tuple, np.ndarray]) -> dict[tuple, np.ndarray]:
+    """A scan_blocks model's flat state (path tuple -> array) in the unscanned layout."""
+    out = {}
+    for path, value in flat.items():
+        if _block_index(path) == 1:
+            out.update({(path[0], 1 + k, *path[2:]): value[k] for k in range(value.shape[0])})
+        else:
+            out[path] = value
+    return out
+
+
+def stack_blocks(flat: Mapping[tuple, np.ndarray]) -> dict[tuple, np.ndarray]:
+    """An unscanned flat state in the scan_blocks layout (`layer{i}.{k >= 1}` -> `layer{i}.1`)."""
+    out, stacks = {}, {}
+    for path, value in flat.items():
+        index = _block_index(path)
+        if index is not None and index >= 1:
+            stacks.setdefault((path[0], 1, *path[2:]), {})[index] = value
+        else:
+            out[path] = value
+    for path, blocks in stacks.items():
+        out[path] = np.stack([np.asarray(blocks[k]) for k in sorted(blocks)])
+    return out
+
+
 class ResNet(Classifier):
     """The generic network; see the module docstring for every part."""
 
@@ -196,6 +250,8 @@ class ResNet(Classifier):
         downsample_kernel: int = 1,
         pool_ceil_mode: bool = False,
         drop_rate: float = 0.0,
+        scan_blocks: bool = False,
+        remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -225,8 +281,18 @@ class ResNet(Classifier):
             ("stem_width", stem_width),
         ):
             _check_positive_int(name, value)
+        expansion = 4 if block == "bottleneck" else 1
+        channels = [stem_width * (2 if stem == "deep" else 1)] + [w * expansion for w in widths]
+        if shortcut == "A" and any(b < a for a, b in itertools.pairwise(channels)):
+            raise ValueError(
+                f"shortcut='A' pads channels, so widths={widths} must not shrink them "
+                f"(stage channels {channels})"
+            )
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate={drop_rate!r} must be in [0, 1)")
+        for name, value in (("scan_blocks", scan_blocks), ("remat", remat)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False")
 
         conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
@@ -250,6 +316,8 @@ class ResNet(Classifier):
         self.bn1 = norm(in_channels)
 
         self.num_stages = len(depths)
+        self.scan_blocks = scan_blocks
+        self.remat = remat
         for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
             stage = []
             for j in range(depth):
@@ -272,8 +340,10 @@ class ResNet(Classifier):
                     dtype=dtype,
                     rngs=rngs,
                 )
-                in_channels = planes * 4 if block == "bottleneck" else planes
+                in_channels = planes * expansion
                 stage.append(unit)
+            if scan_blocks and depth > 1:
+                stage = [stage[0], stacked_blocks(stage[1:])]
             setattr(self, f"layer{index + 1}", nnx.List(stage))
         self.num_features = in_channels
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
@@ -297,9 +367,14 @@ class ResNet(Classifier):
     def forward_features(self, x: Array) -> dict[str, Array]:
         feats = {"stem": self.forward_stem(x)}
         out = feats["stem"]
+        call = nnx.remat(_call_block) if self.remat else _call_block
         for index in range(1, self.num_stages + 1):
-            for unit in getattr(self, f"layer{index}"):
-                out = unit(out)
+            stage = getattr(self, f"layer{index}")
+            for j, unit in enumerate(stage):
+                if self.scan_blocks and j == 1:
+                    out = nnx.scan(call, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(unit, out)
+                else:
+                    out = call(unit, out)
             feats[f"stage{index}"] = out
         feats["pre_logits"] = layers.global_avg_pool(out)
         return feats

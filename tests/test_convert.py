@@ -216,7 +216,9 @@ def test_layout_maps_exactly_the_reference_checkpoint(name):
     model = abstract_model(name)
     layout = convert.torch_layout(model, archs.model_info(name).family)
     flat = dict(nnx.to_flat_state(nnx.state(model)))
-    ours = {src.key: src.torch_shape(flat[path].shape) for path, src in layout.items()}
+    ours = {
+        key: src.torch_shape(flat[path].shape) for path, src in layout.items() for key in src.keys
+    }
     theirs = reference_layout(name)
     assert sorted(set(ours) ^ set(theirs))[:5] == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
@@ -243,8 +245,9 @@ def test_cli_converts_and_the_result_restores(tmp_path, capsys):
     model = abstract_model("googlenet")
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     sd = {
-        src.key: rng.normal(size=src.torch_shape(flat[path].shape)).astype(np.float32)
+        key: rng.normal(size=src.torch_shape(flat[path].shape)).astype(np.float32)
         for path, src in convert.torch_layout(model, "googlenet").items()
+        for key in src.keys
     }
     sd["conv1.bn.num_batches_tracked"] = np.array(5, np.int64)
     path = tmp_path / "googlenet.safetensors"
@@ -271,3 +274,22 @@ def test_cli_converts_and_the_result_restores(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert convert.main(["--model", "googlenett", "--from", str(path), "--out", "x"]) == 2
     assert "did you mean googlenet" in capsys.readouterr().err
+
+
+def test_scanned_blocks_load_stacked_in_block_order():
+    # ResNeXt-50's layer3 has 6 blocks: with scan_blocks, layer3.1 stacks torch's layer3.1-5.
+    rng = np.random.default_rng(0)
+    sd = {
+        key: rng.normal(size=shape).astype(np.float32)
+        for key, shape in reference_layout("resnext50_32x4d").items()
+    }
+    model = abstract_model("resnext50_32x4d", scan_blocks=True)
+    convert.convert_state(model, sd, family="resnext")
+    kernel = np.asarray(model.layer3[1].conv2.kernel[...])
+    assert kernel.shape == (5, 3, 3, 16, 512)  # grouped: I = 512 / 32
+    for k in range(5):
+        weight = sd[f"layer3.{k + 1}.conv2.weight"]
+        np.testing.assert_array_equal(kernel[k], weight.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(model.layer3[1].bn3.var[...][4], sd["layer3.5.bn3.running_var"])
+    first = sd["layer3.0.conv1.weight"][:, :, 0, 0]
+    np.testing.assert_array_equal(model.layer3[0].conv1.kernel[...][0, 0], first.T)

@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 0  # 0: the model's model_info(...).image_size
     c.num_classes = 0  # 0: the dataset's
     c.download = False  # let tfds download datasets that are not prepared
+
+    # Speed (loop.py; benchmarks/ measures it).
+    c.profile_steps = 0  # > 0: trace this many steps after the first to <workdir>/profile
+    c.compilation_cache_dir = ""  # JAX's persistent compilation cache; '' leaves it off
     return c
 
 
@@ -104,6 +108,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "num_classes",
         "pca_lighting",
         "lr_base_batch_size",
+        "profile_steps",
     )
     for key in non_negative:
         if config[key] < 0:

@@ -177,6 +177,8 @@ def train_and_evaluate(
     """Train (or with eval_only, evaluate) as configured; returns 'complete', 'preempted' or
     'evaluated'. Raises ConfigError before any side effect when the input is bad."""
     plan = plan_run(config, workdir)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     os.makedirs(workdir, exist_ok=True)
     if not config.eval_only:
         write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
@@ -245,6 +247,33 @@ def _run(plan: Plan, mesh) -> str:
         writer.close()
 
 
+class ProfileWindow:
+    """A profiler trace of `count` train steps, started after the first step this process runs
+    (which compiles), into `logdir` (TensorBoard's profile tab reads it); off when count is 0."""
+
+    def __init__(self, logdir: str, first_step: int, count: int):
+        self.logdir, self.start, self.stop = logdir, first_step + 1, first_step + 1 + count
+        self.active = False
+
+    def after_step(self, step: int, state: steps.TrainState) -> None:
+        """Call with the steps completed so far and the state the last step returned."""
+        if step == self.start and self.stop > self.start:
+            jax.block_until_ready(state)
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+        elif step == self.stop and self.active:
+            jax.block_until_ready(state)
+            self.__exit__()
+
+    def __enter__(self) -> ProfileWindow:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
 def _train(
     plan,
     mesh,
@@ -274,10 +303,12 @@ def _train(
     batches = data.prefetch(parallel.global_batch(b, mesh) for b in train_data.batches(step))
     started = time.time() - wall_offset
     window_start, window_steps = time.time(), 0
-    with PreemptionGuard() as guard:
+    profile = ProfileWindow(os.path.join(plan.workdir, "profile"), step, c.profile_steps)
+    with PreemptionGuard() as guard, profile:
         while step < total:
             state = train_step(state, next(batches))
             step += 1
+            profile.after_step(step, state)
             window_steps += 1
             if step % log_every == 0 or step == total:
                 sums = jax.device_get(state.metrics)

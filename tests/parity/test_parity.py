@@ -12,6 +12,8 @@ with `pip install -e '.[parity]'` and torch==2.14.1 torchvision==0.29.1:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -69,19 +71,31 @@ def torch_model(name: str, seed: int = 0) -> torch.nn.Module:
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     else:
         model = timm.create_model(name, pretrained=False)
-    randomize_batch_norm(model)
+    randomize_batch_norm(model, archs.model_info(name).image_size)
     return model.eval()
 
 
-def randomize_batch_norm(model: torch.nn.Module) -> None:
+def randomize_batch_norm(model: torch.nn.Module, size: int) -> None:
+    """Random affine parameters; running statistics measured on a random batch, then jittered.
+
+    Arbitrary statistics (mean ~0, variance ~1 everywhere) let eval-mode activations grow by
+    a constant factor per residual block, and the deep SE nets then amplify float32 rounding:
+    so randomised, timm's SE-ResNet-101 in float32 differs from itself in float64 by 40%
+    (max|a-b|/max|b|). Measured statistics keep activations at a trained net's scale.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(0.1 * torch.randn(n))
-                module.running_var.copy_(torch.empty(n).uniform_(0.5, 1.5))
-                module.weight.copy_(torch.empty(n).uniform_(0.5, 1.5))
-                module.bias.copy_(0.1 * torch.randn(n))
+        for norm in norms:
+            norm.weight.copy_(torch.empty(norm.num_features).uniform_(0.5, 1.5))
+            norm.bias.copy_(0.1 * torch.randn(norm.num_features))
+            norm.momentum = 1.0  # running statistics := this batch's
+        model.train()
+        model(torch.randn(2, 3, size, size))
+        for norm in norms:
+            norm.momentum = 0.1
+            n = norm.num_features
+            norm.running_mean.add_(0.1 * norm.running_var.sqrt() * torch.randn(n))
+            norm.running_var.mul_(torch.empty(n).uniform_(0.8, 1.25))
 
 
 def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -116,15 +130,29 @@ def random_batch(size: int, batch: int = 1, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("name", marked(library_models()))
 def test_eval_logits_match(name, record_property):
     reference = torch_model(name)
+    reference64 = copy.deepcopy(reference).double()
     model = converted(name, reference)
     model.eval()
     default = archs.model_info(name).image_size
     for size in (default, OTHER_SIZE.get(name, 200)):
-        ours, theirs = run_both(model, reference, random_batch(size))
+        x = random_batch(size)
+        ours, theirs = run_both(model, reference, x)
+        with torch.no_grad():
+            exact = reference64(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)))
         error = relative_error(ours, theirs)
+        # The deepest nets lose more than 1e-4 to float32 rounding in torch itself: then
+        # ours must be as close to torch as torch is to its own float64 result.
+        own_error = relative_error(theirs, exact.numpy())
         record_property(f"relative_error_{size}", error)
-        print(f"{name} @{size}: relative error {error:.2e}")
-        assert error < TOLERANCE, f"{name} at {size}: relative error {error:.2e}"
+        print(f"{name} @{size}: relative error {error:.2e} (torch float32 vs 64: {own_error:.2e})")
+        assert error < max(TOLERANCE, 2 * own_error), f"{name} at {size}: {error:.2e}"
+
+
+def test_scanned_blocks_match():
+    reference = torch_model("resnet50")
+    model = convert.from_state_dict("resnet50", state_dict_numpy(reference), scan_blocks=True)
+    ours, theirs = run_both(model, reference, random_batch(200))
+    assert relative_error(ours, theirs) < TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["resnet50", "densenet121"])

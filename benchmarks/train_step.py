@@ -1,0 +1,310 @@
+"""One train step's speed: `python -m benchmarks.train_step --model resnet50 --json`.
+
+Prints DESIGN's benchmark object: `compile_s` (lowering plus XLA compilation of the jitted
+step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each waited for),
+`images_per_sec` (global batch / median step), `devices`, `device_kind`,
+`train_gflops_per_image` (XLA's cost analysis of the whole compiled step, forward, backward and
+optimizer update, over the global batch), `peak_gflops` (the best rate of a square matmul in the
+compute dtype on one device, times the devices) and `mfu` (achieved train GFLOP/s over that
+peak); beside them `peak_memory_mb` (XLA's memory analysis: arguments + outputs - donated
+aliases + temporaries, per device) and the settings.
+
+The step is the training system's own, set up as `archs.training.loop` does: the model split by
+`steps.split_model`, `steps.make_train_step` under `jax.jit` with the state replicated and
+donated and the batch sharded on the mesh's `data` axis, SGD with Nesterov momentum and weight
+decay from `optim.make_optimizer`. It is fed one synthetic uint8 batch already on the devices
+(host augmentation and input excluded; `benchmarks.input_pipeline` measures those), and
+`time_steps` / `summarize` are shared with `benchmarks.flax_example` so both are timed alike.
+
+`--model-kwargs '{"scan_blocks": true}'` passes model overrides; `--compilation-cache DIR` turns
+on JAX's persistent compilation cache (a second run then loads the executable instead of
+compiling it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh
+
+import archs
+from archs.training import optim, parallel, steps
+from archs.training.config import base_config
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def synthetic_batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, np.ndarray]:
+    """Random uint8 images and labels, as the input pipelines deliver them."""
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
+        "label": rng.integers(0, num_classes, (batch_size,), np.int32),
+    }
+
+
+def device_mesh(count: int | None = None) -> Mesh:
+    """The training mesh over all devices, or over the first `count`."""
+    if count is None or count == jax.device_count():
+        return parallel.make_mesh()
+    if not 1 <= count <= jax.device_count():
+        raise ValueError(f"devices={count} is not in 1..{jax.device_count()}")
+    return jax.make_mesh(
+        (count,), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:count]
+    )
+
+
+def build_train_step(
+    name: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    dtype: Any,
+    mesh: Mesh,
+    model_kwargs: dict | None = None,
+) -> tuple[Callable, steps.TrainState, dict[str, jax.Array]]:
+    """(jitted step, replicated train state, sharded synthetic batch); call under `mesh`."""
+    info = archs.model_info(name)
+    model = archs.create_model(name, rngs=nnx.Rngs(0), dtype=dtype, **(model_kwargs or {}))
+    parts, params, model_state = steps.split_model(model)
+    config = base_config()
+    config.update(model=name, batch_size=batch_size, nesterov=True, schedule="cosine")
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1000, 100_000))
+    step_cfg = steps.StepConfig(
+        mean=info.mean,
+        std=info.std,
+        dtype=dtype,
+        label_smoothing=0.0,
+        aux_weight=info.aux_weight,
+        augment=steps.device_augment("none", 0),
+    )
+    state = steps.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+        metrics=steps.zero_metrics(),
+    )
+    train_step = jax.jit(
+        steps.make_train_step(parts, tx, step_cfg),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+        out_shardings=parallel.replicated(mesh),
+        donate_argnums=0,
+    )
+    batch = parallel.global_batch(synthetic_batch(batch_size, image_size, info.num_classes), mesh)
+    return train_step, parallel.replicate(state, mesh), batch
+
+
+def compile_step(jitted: Any, *args: Any) -> tuple[Any, float]:
+    """The compiled executable of `jitted` (jit or pmap) for `args`, and the seconds it took."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_steps(
+    step: Callable, state: Any, batch: Any, steps: int, warmup: int = 1
+) -> tuple[list[float], Any]:
+    """Seconds of each of `steps` calls `state = step(state, batch)` after `warmup` untimed ones
+    (every call waited for, so a step's time is its whole device time), and the last state
+    (the one to pass on when `step` donates its input)."""
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        state = jax.block_until_ready(step(state, batch))
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times, state
+
+
+def xla_flops(stage: Any) -> float:
+    """XLA's FLOPs of one call of a lowered or compiled function, per device."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def compiled_costs(compiled: Any) -> tuple[float, float]:
+    """(FLOPs, peak bytes) of one call of a compiled executable, per device, from XLA."""
+    mem = compiled.memory_analysis()
+    peak = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    )
+    return xla_flops(compiled), float(peak)
+
+
+def model_flops(
+    name: str, batch_size: int, image_size: int, dtype: Any, mesh: Mesh, kwargs: dict
+) -> float:
+    """The train step's FLOPs without `scan_blocks` and `remat`: XLA counts a loop body once and
+    recomputation again, so such a step's own count is not the model's (MFU's numerator)."""
+    plain = {k: v for k, v in kwargs.items() if k not in ("scan_blocks", "remat")}
+    step, state, batch = build_train_step(
+        name,
+        batch_size=batch_size,
+        image_size=image_size,
+        dtype=dtype,
+        mesh=mesh,
+        model_kwargs=plain,
+    )
+    return xla_flops(step.lower(state, batch))
+
+
+def matmul_peak_gflops(dtype: Any, size: int, repeats: int = 5) -> float:
+    """The best GFLOP/s of a (size x size) @ (size x size) matmul in `dtype` on one device."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x).lower(a).compile()
+    jax.block_until_ready(matmul(a))
+    best = min(time_steps(lambda _, __: matmul(a), a, None, repeats, warmup=0)[0])
+    return 2 * size**3 / best / 1e9
+
+
+def summarize(
+    compile_s: float,
+    step_seconds: list[float],
+    batch_size: int,
+    compiled: Any,
+    devices: int,
+    peak_gflops: float,
+    flops: float | None = None,
+) -> dict[str, Any]:
+    """DESIGN's benchmark fields from the measurements; memory and, unless given, per-device
+    FLOPs from `compiled`."""
+    compiled_flops, peak_bytes = compiled_costs(compiled)
+    flops = compiled_flops if flops is None else flops
+    step_s = statistics.median(step_seconds)
+    # cost_analysis describes one device's program: its share of the global batch.
+    gflops_per_image = flops * devices / batch_size / 1e9
+    images_per_sec = batch_size / step_s
+    return {
+        "compile_s": round(compile_s, 3),
+        "step_ms": round(step_s * 1e3, 3),
+        "images_per_sec": round(images_per_sec, 3),
+        "devices": devices,
+        "device_kind": jax.devices()[0].device_kind,
+        "train_gflops_per_image": round(gflops_per_image, 4),
+        "peak_gflops": round(peak_gflops, 2),
+        "mfu": round(gflops_per_image * images_per_sec / peak_gflops, 4),
+        "peak_memory_mb": round(peak_bytes / 2**20, 1),
+        "step_ms_min": round(min(step_seconds) * 1e3, 3),
+        "step_ms_max": round(max(step_seconds) * 1e3, 3),
+    }
+
+
+def default_peak_size() -> int:
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def benchmark(
+    name: str,
+    *,
+    batch_size: int,
+    image_size: int | None = None,
+    dtype: str = "float32",
+    num_steps: int = 10,
+    model_kwargs: dict | None = None,
+    devices: int | None = None,
+    peak_gflops: float | None = None,
+) -> dict[str, Any]:
+    """Compile and time the train step of `name`; the fields of DESIGN's benchmark object."""
+    image_size = image_size or archs.model_info(name).image_size
+    mesh = device_mesh(devices)
+    count = mesh.devices.size
+    if batch_size % count:
+        raise ValueError(f"batch_size={batch_size} is not divisible by devices={count}")
+    with jax.set_mesh(mesh):
+        step, state, batch = build_train_step(
+            name,
+            batch_size=batch_size,
+            image_size=image_size,
+            dtype=DTYPES[dtype],
+            mesh=mesh,
+            model_kwargs=model_kwargs,
+        )
+        compiled, compile_s = compile_step(step, state, batch)
+        times, _ = time_steps(compiled, state, batch, num_steps)
+        flops = None
+        if {"scan_blocks", "remat"} & {k for k, v in (model_kwargs or {}).items() if v}:
+            flops = model_flops(name, batch_size, image_size, DTYPES[dtype], mesh, model_kwargs)
+    if peak_gflops is None:
+        peak_gflops = count * matmul_peak_gflops(DTYPES[dtype], default_peak_size())
+    return {
+        "model": name,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "dtype": dtype,
+        "steps": num_steps,
+        "model_kwargs": model_kwargs or {},
+        **summarize(compile_s, times, batch_size, compiled, count, peak_gflops, flops),
+    }
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options every train-step benchmark shares."""
+    parser.add_argument("--image-size", type=int, default=0, help="0: the model's")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--compilation-cache", default="", help="persistent compilation cache dir")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def parse_model_kwargs(parser: argparse.ArgumentParser, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"--model-kwargs {text!r} is not JSON: {e}")
+    if not isinstance(value, dict):
+        parser.error(f"--model-kwargs {text!r} must be a JSON object")
+    return value
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(f"{k:>24}: {v}" for k, v in result.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--model-kwargs", default="{}", help="JSON, e.g. '{\"remat\": true}'")
+    parser.add_argument("--devices", type=int, default=0, help="0: all")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 1 warm-up)")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    try:
+        archs.model_info(args.model)
+        result = benchmark(
+            args.model,
+            batch_size=args.batch_size,
+            image_size=args.image_size or None,
+            dtype=args.dtype,
+            num_steps=args.steps,
+            model_kwargs=parse_model_kwargs(parser, args.model_kwargs),
+            devices=args.devices or None,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    print_result(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Benchmark scripts (their --json output on tiny sizes) and the speed options they measure:
+`scan_blocks` and `remat` compute what the plain model computes, `profile_steps` writes a trace.
+
+Tiny models are resnet20's CIFAR layout with fewer blocks (`depths` override), so every compile
+here takes seconds. Float32 tolerance for scan_blocks: the scanned model runs the same
+operations in the same order, only inside a loop, so logits agree to 1e-5 of their scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+import archs
+from archs.resnet import stack_blocks, unstack_blocks
+from archs.summary import abstract_model, count_macs, count_params
+from archs.training import loop
+from archs.training.config import ConfigError, base_config, check_config
+from benchmarks import compile as compile_bench
+from benchmarks import flax_example, input_pipeline, scaling, train_step
+
+TINY = '{"depths":[1,2,2]}'  # no spaces: argv strings below are split on spaces
+TINY_SCANNED = '{"depths":[1,2,2],"scan_blocks":true}'
+FLAX_DIR = os.environ.get("FLAX_EXAMPLE_DIR", "/tmp/flaxex")
+
+
+def run_json(main, argv: str | list[str], capsys) -> dict:
+    """main's --json output; a str argv is split on spaces."""
+    argv = argv.split() if isinstance(argv, str) else argv
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_step_json_has_the_contract_fields(capsys):
+    out = run_json(
+        train_step.main,
+        f"--model resnet20 --model-kwargs {TINY} --batch-size 2 --image-size 8 --steps 2",
+        capsys,
+    )
+    for key in ("compile_s", "step_ms", "images_per_sec", "peak_gflops", "mfu"):
+        assert out[key] > 0, key
+    assert out["devices"] == jax.device_count()
+    assert out["device_kind"] == jax.devices()[0].device_kind
+    assert out["images_per_sec"] == pytest.approx(2 / (out["step_ms"] / 1e3), rel=1e-3)
+    # A train step is about 3 forward passes: 2 FLOPs per MAC forward, twice that backward.
+    model = abstract_model("resnet20", depths=(1, 2, 2))
+    forward_gflops = 2 * count_macs(model, 8) / 1e9
+    assert 2.5 * forward_gflops < out["train_gflops_per_image"] < 4 * forward_gflops
+
+
+def test_train_step_refuses_a_bad_override(capsys):
+    with pytest.raises(SystemExit):
+        train_step.main(["--model", "resnet20", "--model-kwargs", '{"remat": "yes"}'])
+    assert "remat='yes'" in capsys.readouterr().err
+
+
+def test_compile_json(capsys):
+    out = run_json(
+        compile_bench.main,
+        f"--models resnet20 --variants {TINY} {TINY_SCANNED} --batch-size 1 --image-size 8",
+        capsys,
+    )
+    assert [r["model_kwargs"].get("scan_blocks", False) for r in out["rows"]] == [False, True]
+    for row in out["rows"]:
+        parts = row["build_s"] + row["lower_s"] + row["compile_s"] + row["first_step_s"]
+        assert row["time_to_first_step_s"] == pytest.approx(parts, abs=0.01)
+        assert row["compile_s"] > 0 and row["peak_memory_mb"] > 0
+
+
+def test_scaling_json(capsys):
+    out = run_json(
+        scaling.main,
+        f"--model resnet20 --model-kwargs {TINY} --per-device-batch 2 --image-size 8 --steps 1",
+        capsys,
+    )
+    assert [r["devices"] for r in out["rows"]] == scaling.device_counts(jax.device_count())
+    assert out["rows"][0]["scaling_efficiency"] == 1.0
+
+
+def test_device_counts_are_powers_of_two_then_all():
+    assert scaling.device_counts(1) == [1]
+    assert scaling.device_counts(6) == [1, 2, 4, 6]
+    assert scaling.device_counts(8) == [1, 2, 4, 8]
+
+
+@pytest.fixture
+def keep_affinity():
+    """--cores pins the whole process: give the other tests their cores back."""
+    cores = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cores)
+
+
+def test_input_pipeline_json(capsys, keep_affinity):
+    """CIFAR on tfds mock data (mocked datasets call themselves unprepared), and the
+    ImageNet-style stream over synthetic JPEGs."""
+    args = ["--batch-size", "8", "--batches", "2", "--cores", "1", "--pipelines"]
+    with (
+        tfds.testing.mock_data(num_examples=64),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        cifar = run_json(input_pipeline.main, [*args, "cifar"], capsys)["cifar"]
+    imagenet = run_json(input_pipeline.main, [*args, "imagenet"], capsys)["imagenet"]
+    assert (cifar["pipeline"], imagenet["pipeline"]) == ("memory", "stream")
+    for out in (cifar, imagenet):
+        assert out["cores"] == 1
+        assert out["per_core"] == pytest.approx(out["images_per_sec"], rel=0.01)
+
+
+@pytest.mark.skipif(not os.path.isdir(FLAX_DIR), reason=f"no flax example at {FLAX_DIR}")
+def test_flax_example_json(capsys):
+    out = run_json(
+        flax_example.main,
+        f"--flax-dir {FLAX_DIR} --models resnet18 --batch-size 2 --image-size 32 --rounds 1 "
+        "--steps 1",
+        capsys,
+    )
+    result = out["models"]["resnet18"]
+    assert result["ratio"] == pytest.approx(
+        result["ours"]["images_per_sec"] / result["flax"]["images_per_sec"], rel=0.01
+    )
+    # The same network: XLA's FLOPs per training image agree to a few percent.
+    assert result["ours"]["train_gflops_per_image"] == pytest.approx(
+        result["flax"]["train_gflops_per_image"], rel=0.1
+    )
+
+
+def test_flax_dir_without_the_example_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        flax_example.main(["--flax-dir", str(tmp_path)])
+    assert "models.py and train.py" in capsys.readouterr().err
+
+
+# ----- scan_blocks and remat ---------------------------------------------------------------
+
+SMALL_SE = {"depths": (1, 3, 2), "widths": (8, 16, 32), "attention": "se", "stem": "cifar"}
+
+
+def _flat(model: nnx.Module) -> dict:
+    """Parameters and BatchNorm statistics by path (the RNG keys are the model's, not blocks')."""
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    return {p: v.get_value() for p, v in nnx.to_flat_state(state)}
+
+
+@pytest.fixture(scope="module")
+def scan_pair():
+    """A small SE bottleneck net without and with scan_blocks; tests use clones."""
+    return compile_bench.scan_pair("seresnet50", **SMALL_SE)
+
+
+def test_scanned_model_holds_the_plain_models_variables_stacked(scan_pair):
+    plain, scanned = scan_pair
+    stacked, ours = stack_blocks(_flat(plain)), _flat(scanned)
+    assert ours.keys() == stacked.keys()
+    assert ours[("layer2", 1, "conv1", "kernel")].shape == (2, 1, 1, 64, 16)
+    for path, value in ours.items():
+        np.testing.assert_array_equal(value, stacked[path], err_msg=str(path))
+    unstacked = unstack_blocks(ours)
+    assert unstacked.keys() == _flat(plain).keys()
+    path = ("layer2", 2, "se", "fc1", "kernel")
+    np.testing.assert_array_equal(unstacked[path], _flat(plain)[path])
+
+
+@pytest.mark.parametrize("name", ["resnet152", "seresnet152"])
+def test_scan_blocks_keeps_the_parameter_count(name):
+    assert count_params(abstract_model(name, scan_blocks=True)) == count_params(
+        abstract_model(name)
+    )
+
+
+def test_scan_blocks_same_outputs_and_batchnorm_updates(scan_pair):
+    plain, scanned = (nnx.clone(m) for m in scan_pair)
+    diff = compile_bench.scan_output_difference(plain, scanned, 16)
+    for mode in ("eval", "train"):
+        assert diff[f"{mode}_max_abs_diff"] <= 1e-5 * diff[f"{mode}_max_abs_logit"], diff
+    stats = stack_blocks(_flat(plain))
+    assert not np.allclose(stats[("layer2", 1, "bn1", "mean")], 0)  # train mode updated them
+    for path, value in _flat(scanned).items():
+        np.testing.assert_allclose(value, stats[path], atol=1e-6, err_msg=str(path))
+
+
+def _grads(**overrides) -> tuple[dict, str]:
+    """Flat gradients (unscanned layout) of a tiny net's loss, and the jaxpr computing them."""
+    model = archs.create_model("resnet20", rngs=nnx.Rngs(0), depths=(2, 2, 2), **overrides)
+    model.train()
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 8, 3)), jnp.float32)
+    labels = jnp.array([1, 2])
+
+    def loss(model):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.grad(loss)(nnx.merge(graphdef, s)))(state)
+    grads = nnx.jit(nnx.grad(loss))(model)
+    flat = {p: v.get_value() for p, v in nnx.to_flat_state(grads)}
+    return (unstack_blocks(flat) if overrides.get("scan_blocks") else flat), str(jaxpr)
+
+
+@pytest.fixture(scope="module")
+def plain_grads():
+    return _grads()
+
+
+@pytest.mark.parametrize("overrides", [{"remat": True}, {"remat": True, "scan_blocks": True}])
+def test_remat_same_gradients(overrides, plain_grads):
+    (plain, plain_jaxpr), (other, jaxpr) = plain_grads, _grads(**overrides)
+    assert "checkpoint" in jaxpr and "checkpoint" not in plain_jaxpr  # remat is really on
+    assert other.keys() == plain.keys()
+    for path, value in plain.items():
+        np.testing.assert_allclose(other[path], value, rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+@pytest.mark.parametrize("key", ["scan_blocks", "remat"])
+def test_speed_overrides_must_be_bools(key):
+    with pytest.raises(ValueError, match=f"{key}=1 must be True or False"):
+        abstract_model("resnet18", **{key: 1})
+
+
+# ----- training options ----------------------------------------------------------------------
+
+
+def test_profile_window_traces_only_the_asked_steps(tmp_path):
+    logdir = str(tmp_path / "profile")
+    with loop.ProfileWindow(logdir, first_step=0, count=2) as profile:
+        for step in range(1, 5):
+            jnp.ones(4).block_until_ready()
+            profile.after_step(step, jnp.ones(()))
+            assert profile.active == (step in (1, 2)), step
+    traces = [f for _, _, files in os.walk(logdir) for f in files if f.endswith(".xplane.pb")]
+    assert len(traces) == 1
+
+
+def test_profile_window_is_off_by_default(tmp_path):
+    with loop.ProfileWindow(str(tmp_path), first_step=5, count=0) as profile:
+        profile.after_step(6, jnp.ones(()))
+        assert not profile.active
+    assert not os.listdir(tmp_path)
+
+
+def test_profile_steps_must_not_be_negative():
+    config = base_config()
+    config.profile_steps = -1
+    with pytest.raises(ConfigError, match="profile_steps"):
+        check_config(config)
