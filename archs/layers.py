@@ -40,6 +40,10 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
     return tuple(value)  # type: ignore[return-value]
 
 
+ZEROS = nnx.initializers.zeros_init()
+ONES = nnx.initializers.ones_init()
+
+
 def conv2d(
     in_channels: int,
     out_channels: int,
@@ -50,7 +54,7 @@ def conv2d(
     groups: int = 1,
     bias: bool = False,
     kernel_init: nnx.Initializer = he_normal_fan_out,
-    bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+    bias_init: nnx.Initializer = ZEROS,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
@@ -78,7 +82,7 @@ def batch_norm(
     *,
     eps: float = TORCH_BN_EPS,
     momentum: float = TORCH_BN_MOMENTUM,
-    scale_init: nnx.Initializer = nnx.initializers.ones_init(),
+    scale_init: nnx.Initializer = ONES,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.BatchNorm:

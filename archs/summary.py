@@ -109,7 +109,8 @@ def summarize(name: str, with_xla: bool = True) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     """The README's model table."""
     lines = [
-        "| model | params | reference params | GMACs | reference GMACs | XLA GFLOPs | size | source |",
+        "| model | params | reference params | GMACs | reference GMACs | XLA GFLOPs | size"
+        " | source |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
