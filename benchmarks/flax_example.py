@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+    parser.add_argument("--peak-size", type=int, default=0, help="peak matmul size (0: default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     load_before = os.getloadavg()[0]
-    peak = jax.device_count() * ours.matmul_peak_gflops(jnp.float32, ours.default_peak_size())
+    peak = ours.measured_peak_gflops("float32", jax.device_count(), args.peak_size)
     results = {
         name: compare(
             models,

@@ -38,9 +38,11 @@ def scaling(
     dtype: str,
     num_steps: int,
     model_kwargs: dict,
+    peak_size: int = 0,
 ) -> dict[str, Any]:
     """One benchmark per device count, with the scaling efficiency against one device."""
     rows = []
+    one_device_peak = bench.measured_peak_gflops(dtype, 1, peak_size)
     for n in device_counts(jax.device_count()):
         result = bench.benchmark(
             name,
@@ -50,6 +52,7 @@ def scaling(
             num_steps=num_steps,
             model_kwargs=model_kwargs,
             devices=n,
+            peak_gflops=n * one_device_peak,
         )
         base = rows[0]["images_per_sec"] if rows else result["images_per_sec"]
         rows.append(
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             num_steps=args.steps,
             model_kwargs=kwargs,
+            peak_size=args.peak_size,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -173,6 +173,11 @@ def matmul_peak_gflops(dtype: Any, size: int, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """`value` rounded to `digits` significant digits (tiny test models have tiny FLOP counts)."""
+    return float(f"{value:.{digits}g}")
+
+
 def summarize(
     compile_s: float,
     step_seconds: list[float],
@@ -196,17 +201,19 @@ def summarize(
         "images_per_sec": round(images_per_sec, 3),
         "devices": devices,
         "device_kind": jax.devices()[0].device_kind,
-        "train_gflops_per_image": round(gflops_per_image, 4),
+        "train_gflops_per_image": significant(gflops_per_image),
         "peak_gflops": round(peak_gflops, 2),
-        "mfu": round(gflops_per_image * images_per_sec / peak_gflops, 4),
+        "mfu": significant(gflops_per_image * images_per_sec / peak_gflops),
         "peak_memory_mb": round(peak_bytes / 2**20, 1),
         "step_ms_min": round(min(step_seconds) * 1e3, 3),
         "step_ms_max": round(max(step_seconds) * 1e3, 3),
     }
 
 
-def default_peak_size() -> int:
-    return 2048 if jax.default_backend() == "cpu" else 8192
+def measured_peak_gflops(dtype: str, devices: int, size: int = 0) -> float:
+    """`devices` times one device's matmul peak in `dtype` (size 0: 2048 on CPU, else 8192)."""
+    size = size or (2048 if jax.default_backend() == "cpu" else 8192)
+    return devices * matmul_peak_gflops(DTYPES[dtype], size)
 
 
 def benchmark(
@@ -241,7 +248,7 @@ def benchmark(
         if {"scan_blocks", "remat"} & {k for k, v in (model_kwargs or {}).items() if v}:
             flops = model_flops(name, batch_size, image_size, DTYPES[dtype], mesh, model_kwargs)
     if peak_gflops is None:
-        peak_gflops = count * matmul_peak_gflops(DTYPES[dtype], default_peak_size())
+        peak_gflops = measured_peak_gflops(dtype, count)
     return {
         "model": name,
         "batch_size": batch_size,
@@ -258,6 +265,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=0, help="0: the model's")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--compilation-cache", default="", help="persistent compilation cache dir")
+    parser.add_argument("--peak-size", type=int, default=0, help="peak matmul size (0: default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -299,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             num_steps=args.steps,
             model_kwargs=parse_model_kwargs(parser, args.model_kwargs),
             devices=args.devices or None,
+            peak_gflops=measured_peak_gflops(
+                args.dtype, args.devices or jax.device_count(), args.peak_size
+            ),
         )
     except ValueError as e:
         parser.error(str(e))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from unittest import mock
 
 import jax
@@ -22,7 +23,7 @@ from flax import nnx
 
 import archs
 from archs.resnet import stack_blocks, unstack_blocks
-from archs.summary import abstract_model, count_macs, count_params
+from archs.summary import abstract_model, count_params, xla_gflops
 from archs.training import loop
 from archs.training.config import ConfigError, base_config, check_config
 from benchmarks import compile as compile_bench
@@ -43,7 +44,8 @@ def run_json(main, argv: str | list[str], capsys) -> dict:
 def test_train_step_json_has_the_contract_fields(capsys):
     out = run_json(
         train_step.main,
-        f"--model resnet20 --model-kwargs {TINY} --batch-size 2 --image-size 8 --steps 2",
+        f"--model resnet20 --model-kwargs {TINY} --batch-size 2 --image-size 8 --steps 2 "
+        "--peak-size 128",
         capsys,
     )
     for key in ("compile_s", "step_ms", "images_per_sec", "peak_gflops", "mfu"):
@@ -51,10 +53,10 @@ def test_train_step_json_has_the_contract_fields(capsys):
     assert out["devices"] == jax.device_count()
     assert out["device_kind"] == jax.devices()[0].device_kind
     assert out["images_per_sec"] == pytest.approx(2 / (out["step_ms"] / 1e3), rel=1e-3)
-    # A train step is about 3 forward passes: 2 FLOPs per MAC forward, twice that backward.
-    model = abstract_model("resnet20", depths=(1, 2, 2))
-    forward_gflops = 2 * count_macs(model, 8) / 1e9
-    assert 2.5 * forward_gflops < out["train_gflops_per_image"] < 4 * forward_gflops
+    # A train step is about 3 forward passes (the backward pass's two convolutions per forward
+    # one), plus BatchNorm and the update. Both counts are XLA's, which leaves out the padding.
+    forward_gflops = xla_gflops(abstract_model("resnet20", depths=(1, 2, 2)), 8)
+    assert 2.5 * forward_gflops < out["train_gflops_per_image"] < 4.5 * forward_gflops
 
 
 def test_train_step_refuses_a_bad_override(capsys):
@@ -79,7 +81,8 @@ def test_compile_json(capsys):
 def test_scaling_json(capsys):
     out = run_json(
         scaling.main,
-        f"--model resnet20 --model-kwargs {TINY} --per-device-batch 2 --image-size 8 --steps 1",
+        f"--model resnet20 --model-kwargs {TINY} --per-device-batch 2 --image-size 8 --steps 1 "
+        "--peak-size 128",
         capsys,
     )
     assert [r["devices"] for r in out["rows"]] == scaling.device_counts(jax.device_count())
@@ -116,12 +119,13 @@ def test_input_pipeline_json(capsys, keep_affinity):
         assert out["per_core"] == pytest.approx(out["images_per_sec"], rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(FLAX_DIR), reason=f"no flax example at {FLAX_DIR}")
 def test_flax_example_json(capsys):
     out = run_json(
         flax_example.main,
         f"--flax-dir {FLAX_DIR} --models resnet18 --batch-size 2 --image-size 32 --rounds 1 "
-        "--steps 1",
+        "--steps 1 --peak-size 128",
         capsys,
     )
     result = out["models"]["resnet18"]
@@ -142,7 +146,8 @@ def test_flax_dir_without_the_example_is_refused(tmp_path, capsys):
 
 # ----- scan_blocks and remat ---------------------------------------------------------------
 
-SMALL_SE = {"depths": (1, 3, 2), "widths": (8, 16, 32), "attention": "se", "stem": "cifar"}
+# resnet20's layer shapes (so the tests above already compiled their initializers), with SE.
+SMALL_SE = {"depths": (1, 3, 2), "attention": "se"}
 
 
 def _flat(model: nnx.Module) -> dict:
@@ -153,15 +158,15 @@ def _flat(model: nnx.Module) -> dict:
 
 @pytest.fixture(scope="module")
 def scan_pair():
-    """A small SE bottleneck net without and with scan_blocks; tests use clones."""
-    return compile_bench.scan_pair("seresnet50", **SMALL_SE)
+    """A small SE net without and with scan_blocks; tests use clones."""
+    return compile_bench.scan_pair("resnet20", **SMALL_SE)
 
 
 def test_scanned_model_holds_the_plain_models_variables_stacked(scan_pair):
     plain, scanned = scan_pair
     stacked, ours = stack_blocks(_flat(plain)), _flat(scanned)
     assert ours.keys() == stacked.keys()
-    assert ours[("layer2", 1, "conv1", "kernel")].shape == (2, 1, 1, 64, 16)
+    assert ours[("layer2", 1, "conv1", "kernel")].shape == (2, 3, 3, 32, 32)
     for path, value in ours.items():
         np.testing.assert_array_equal(value, stacked[path], err_msg=str(path))
     unstacked = unstack_blocks(ours)
@@ -179,13 +184,16 @@ def test_scan_blocks_keeps_the_parameter_count(name):
 
 def test_scan_blocks_same_outputs_and_batchnorm_updates(scan_pair):
     plain, scanned = (nnx.clone(m) for m in scan_pair)
-    diff = compile_bench.scan_output_difference(plain, scanned, 16)
+    diff = compile_bench.scan_output_difference(plain, scanned, 8)
     for mode in ("eval", "train"):
         assert diff[f"{mode}_max_abs_diff"] <= 1e-5 * diff[f"{mode}_max_abs_logit"], diff
     stats = stack_blocks(_flat(plain))
     assert not np.allclose(stats[("layer2", 1, "bn1", "mean")], 0)  # train mode updated them
     for path, value in _flat(scanned).items():
         np.testing.assert_allclose(value, stats[path], atol=1e-6, err_msg=str(path))
+
+
+REMAT = re.compile(r"\b(remat\d*|checkpoint)\[")  # jax.checkpoint's primitive, by version
 
 
 def _grads(**overrides) -> tuple[dict, str]:
@@ -213,7 +221,7 @@ def plain_grads():
 @pytest.mark.parametrize("overrides", [{"remat": True}, {"remat": True, "scan_blocks": True}])
 def test_remat_same_gradients(overrides, plain_grads):
     (plain, plain_jaxpr), (other, jaxpr) = plain_grads, _grads(**overrides)
-    assert "checkpoint" in jaxpr and "checkpoint" not in plain_jaxpr  # remat is really on
+    assert REMAT.search(jaxpr) and not REMAT.search(plain_jaxpr)  # remat is really on
     assert other.keys() == plain.keys()
     for path, value in plain.items():
         np.testing.assert_allclose(other[path], value, rtol=1e-5, atol=1e-6, err_msg=str(path))

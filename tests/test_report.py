@@ -104,7 +104,12 @@ def test_report_table_csv_and_seed_groups(sweep_dir):
 
 def test_report_writes_plots(sweep_dir):
     report.report(sweep_dir)
-    for name in ("top1_vs_step.png", "top1_vs_params.png", "top1_vs_gmacs.png"):
+    for name in (
+        "top1_vs_step.png",
+        "train_loss_vs_step.png",
+        "top1_vs_params.png",
+        "top1_vs_gmacs.png",
+    ):
         data = (sweep_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
 

@@ -1,156 +1,30 @@
-"""End to end: train, evaluate, checkpoint, SIGKILL + resume, eval_only, init_from, bad input.
+"""End to end: train, evaluate, checkpoint, SIGKILL + resume, eval_only, init_from, data errors.
 
-Runs on `tfds.testing.mock_data` (random images, no files) with a tiny model registered here
-only (never in the package). Run as a script, this file is `train.py` under the same mock data
-and model, so the tests can run the real CLI in subprocesses (exit codes, SIGKILL, 8 devices):
-
-    PYTHONPATH=. python tests/test_training_e2e.py --config=configs/cifar10.py:tiny_test,fast ...
+The shared tiny model, mock data and CLI runner are in training_support.py; `baseline` (an
+uninterrupted 20-step run) is in conftest.py. Device counts, processes, faults and the
+bad-input catalogue are in test_scale_faults.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from unittest import mock
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from flax import nnx
-
-import archs
-from archs import layers
-from archs.classifier import Classifier
-from archs.registry import register
-
-ROOT = Path(__file__).resolve().parents[1]
-MOCK_EXAMPLES = 40  # per split
-TINY = "tiny_test"
-
-
-class Tiny(Classifier):
-    """conv-BN-ReLU, global pooling, dropout, linear: every kind of state a real net has."""
-
-    def __init__(self, num_classes: int, rngs: nnx.Rngs, dtype, width: int, drop_rate: float):
-        self.conv1 = layers.ConvNormAct(3, width, 3, stride=2, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
-        self.fc = layers.linear(width, num_classes, dtype=dtype, rngs=rngs)
-
-    def forward_features(self, x):
-        stem = self.conv1(x)
-        return {"stem": stem, "pre_logits": self.dropout(layers.global_avg_pool(stem))}
-
-    def head(self, pre_logits):
-        return self.fc(pre_logits)
-
-
-def _tiny(*, num_classes, rngs, dtype=jnp.float32, width: int = 8, drop_rate: float = 0.1):
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
-    return Tiny(num_classes, rngs, dtype, width, drop_rate)
-
-
-if TINY not in archs.list_models():
-    register(TINY, _tiny, family="test", image_size=32, crop_pct=1.0)
-
-
-@contextlib.contextmanager
-def mock_datasets():
-    """tfds mock data; mocked datasets report themselves unprepared, so say they are."""
-    with (
-        tfds.testing.mock_data(num_examples=MOCK_EXAMPLES),
-        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-    ):
-        yield
-
-
-def tiny_config(**overrides):
-    from archs.training import base_config
-
-    c = base_config()
-    c.model = TINY
-    c.dataset = "cifar10"
-    c.data_dir = "/nonexistent/tfds"  # nothing is read from disk under mock data
-    c.batch_size = 8
-    c.num_train_steps = 12
-    c.log_every_steps = 1
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 4
-    c.keep_checkpoints = 2
-    for key, value in overrides.items():
-        c[key] = value
-    return c
-
-
-def run(workdir, **overrides):
-    from archs.training import train_and_evaluate
-
-    with mock_datasets():
-        return train_and_evaluate(tiny_config(**overrides), str(workdir))
-
-
-def lines(workdir):
-    return [json.loads(s) for s in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def final_model(workdir):
-    from archs.training.checkpoint import read_model_state
-
-    return read_model_state(str(workdir))
-
-
-def cli(workdir, *overrides, config="configs/cifar10.py:tiny_test,fast", env=None, **kw):
-    args = [sys.executable, __file__, f"--config={config}", f"--workdir={workdir}"]
-    args += [f"--config.{o}" for o in overrides]
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen(
-        args, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
-
-
-SMALL = (
-    "num_train_steps=20",
-    "batch_size=8",
-    "log_every_steps=1",
-    "eval_every_steps=10",
-    "checkpoint_every_steps=5",
-    "data_dir=/nonexistent/tfds",
+from training_support import (
+    SMALL,
+    cli,
+    final_model,
+    lines,
+    load_config,
+    mock_datasets,
+    run,
+    tiny_config,
 )
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """An uninterrupted run (in process) of the run the SIGKILL test interrupts."""
-    workdir = tmp_path_factory.mktemp("baseline")
-    overrides = dict(o.split("=") for o in SMALL)
-    from archs.training import COMPLETE, base_config
-
-    cfg = {k: type(base_config()[k])(v) for k, v in overrides.items()}
-    cifar = _load_config("configs/cifar10.py", "tiny_test,fast")
-    for k, v in cfg.items():
-        cifar[k] = v
-    from archs.training import train_and_evaluate
-
-    with mock_datasets():
-        assert train_and_evaluate(cifar, str(workdir)) == COMPLETE
-    return workdir
-
-
-def _load_config(path, arg):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def test_run_writes_the_contracted_files(baseline):
@@ -214,7 +88,7 @@ def test_same_seed_same_losses_other_seed_differs(baseline, tmp_path):
     def losses(records):
         return [r["train/loss"] for r in records if "train/loss" in r]
 
-    cifar = _load_config("configs/cifar10.py", "tiny_test,fast")
+    cifar = load_config("configs/cifar10.py", "tiny_test,fast")
     for o in SMALL:
         k, v = o.split("=")
         cifar[k] = type(cifar[k])(v)
@@ -277,45 +151,6 @@ def test_stream_pipeline_with_variable_size_images_and_ten_crop(tmp_path):
     assert [r["step"] for r in evals] == [4] and 0.0 <= evals[0]["eval/top5"] <= 1.0
 
 
-def _tree_digest(path):
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        h.update(str(p).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"model": "resnet_nonexistent"}, "unknown model"),
-        ({"dataset": "cifar_ten"}, "unknown dataset"),
-        ({"batch_size": 0}, "batch_size must be positive"),
-        ({"learning_rate": -0.1}, "learning_rate must be positive"),
-        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'"),
-        ({"model_kwargs": {"width": 0}}, "width must be >= 1"),
-        ({"model_kwargs": {"depth": 3}}, "unknown override"),
-        ({"model": "tiny_other"}, "holds a run with model="),
-        ({"dataset": "cifar100"}, "holds a run with dataset="),
-        ({"eval_only": True, "init_from": "/nonexistent"}, "does not exist"),
-    ],
-)
-def test_bad_input_is_refused_before_anything_changes(baseline, tmp_path, overrides, message):
-    import ml_collections
-
-    from archs.training import ConfigError
-
-    if "tiny_other" in overrides.values() and "tiny_other" not in archs.list_models():
-        register("tiny_other", _tiny, family="test", image_size=32, crop_pct=1.0)
-    if "model_kwargs" in overrides:
-        overrides["model_kwargs"] = ml_collections.ConfigDict(overrides["model_kwargs"])
-    before = _tree_digest(baseline)
-    with pytest.raises(ConfigError, match=message):
-        run(baseline, **overrides)
-    assert _tree_digest(baseline) == before
-
-
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     from archs.training import ConfigError, train_and_evaluate
 
@@ -333,57 +168,3 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
     ):
         run(tmp_path, batch_size=12)
     assert not tmp_path.joinpath("config.json").exists()
-
-
-def test_cli_bad_input_exits_2_with_one_line(tmp_path):
-    cases = [
-        ("--config.no_such_key=1",),
-        ("--config.batch_size=-8",),
-    ]
-    for extra in cases:
-        args = [sys.executable, "train.py", "--config=configs/cifar10.py:resnet20"]
-        args += [f"--workdir={tmp_path / 'w'}", *extra]
-        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2, done.stderr[-2000:]
-        error_lines = [s for s in done.stderr.splitlines() if s.startswith("train.py: error:")]
-        assert len(error_lines) == 1, done.stderr[-2000:]
-    assert not (tmp_path / "w" / "config.json").exists()
-
-
-def test_eight_devices_match_one_device(baseline, tmp_path):
-    """Sync BatchNorm over the global batch: 8 devices compute what 1 device does."""
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = cli(tmp_path / "w", *SMALL, env=env)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    assert json.loads((tmp_path / "w" / "provenance.json").read_text())["device_count"] == 8
-    ours, theirs = lines(tmp_path / "w"), lines(baseline)
-    for x, y in zip(ours, theirs, strict=True):
-        for key in ("train/loss", "eval/loss", "eval/top1"):
-            if key in x:
-                np.testing.assert_allclose(x[key], y[key], rtol=2e-3, err_msg=f"{key} {x['step']}")
-
-
-def _main() -> None:
-    """train.py under mock data with the tiny model (TINY_STEP_SLEEP slows each batch)."""
-    from absl import app
-
-    sys.path.insert(0, str(ROOT))
-    import train
-    from archs.training import data
-
-    delay = float(os.environ.get("TINY_STEP_SLEEP", "0"))
-    if delay:
-        batch_at = data.TrainData.batch_at
-
-        def slow_batch_at(self, step):
-            time.sleep(delay)
-            return batch_at(self, step)
-
-        data.TrainData.batch_at = slow_batch_at
-    with mock_datasets():
-        app.run(train.main, flags_parser=train._parse)
-
-
-if __name__ == "__main__":
-    _main()

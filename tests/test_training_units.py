@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow as tf
-from test_training_e2e import MOCK_EXAMPLES, mock_datasets, tiny_config
+from training_support import MOCK_EXAMPLES, mock_datasets, tiny_config
 
 from archs.training import base_config, data, optim, steps
 from archs.training.config import ConfigError, check_config
@@ -83,12 +83,22 @@ def test_label_smoothed_cross_entropy_matches_hand_computation():
 
 def test_pad_crop_flip_moves_pixels_and_is_keyed():
     images = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.uint8).reshape(2, 4, 4, 3) + 1
-    a = steps.random_pad_crop_flip(images, jax.random.key(0), pad=2)
-    b = steps.random_pad_crop_flip(images, jax.random.key(0), pad=2)
+    cifar = steps.device_augment("cifar", 2)
+    a = steps.augment_batch(cifar, images, jax.random.key(0), 0)
+    b = steps.augment_batch(cifar, images, jax.random.key(0), 0)
     assert a.shape == images.shape and jnp.array_equal(a, b)
-    outs = [steps.random_pad_crop_flip(images, jax.random.key(k), pad=2) for k in range(8)]
+    outs = [steps.augment_batch(cifar, images, jax.random.key(k), 0) for k in range(8)]
     assert any(not jnp.array_equal(o, images) for o in outs)
     assert any(bool(jnp.any(o == 0)) for o in outs)  # zero padding shows in some crops
+
+
+def test_augmentation_of_an_example_does_not_depend_on_the_batch_split():
+    images = jax.random.randint(jax.random.key(1), (8, 6, 6, 3), 1, 255).astype(jnp.uint8)
+    cifar, key = steps.device_augment("cifar", 2), jax.random.key(3)
+    whole = steps.augment_batch(cifar, images, key, 0)
+    halves = [steps.augment_batch(cifar, images[i : i + 4], key, i) for i in (0, 4)]
+    assert jnp.array_equal(whole, jnp.concatenate(halves))
+    assert not jnp.array_equal(whole[4:], steps.augment_batch(cifar, images[4:], key, 0))
 
 
 def _preprocess(**kw):

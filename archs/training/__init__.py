@@ -4,7 +4,15 @@
 config keys are in config.py; models come only through the registry (`archs.create_model`).
 """
 
-from archs.training.config import ConfigError, base_config
+from archs.training.config import ConfigError, RunError, base_config
 from archs.training.loop import COMPLETE, EVALUATED, PREEMPTED, train_and_evaluate
 
-__all__ = ["COMPLETE", "EVALUATED", "PREEMPTED", "ConfigError", "base_config", "train_and_evaluate"]
+__all__ = [
+    "COMPLETE",
+    "EVALUATED",
+    "PREEMPTED",
+    "ConfigError",
+    "RunError",
+    "base_config",
+    "train_and_evaluate",
+]

@@ -3,14 +3,21 @@
 A checkpoint holds the whole `TrainState` (model parameters and statistics as pure dicts,
 optimizer state, step, RNG, unlogged train metrics) plus JSON metadata (wall time). Kept: the
 last `keep_checkpoints` and the best by eval top-1. Restores land on the current mesh through
-the shardings of the abstract target.
+the shardings of the target, so a checkpoint written on N devices (or processes) restores onto
+M. orbax writes each step into a temporary directory and renames it when complete, so a crash
+mid-save leaves the previous checkpoints usable; a complete but damaged one is moved aside to
+`checkpoints_corrupt/` and the next older one restored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -18,8 +25,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from archs.training.config import RunError
 from archs.training.steps import TrainState
 
 BEST_METRIC = "eval/top1"
@@ -71,8 +80,9 @@ class Checkpoints:
                 ),
             ]
         )
+        self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
         )
@@ -86,14 +96,15 @@ class Checkpoints:
         """Save asynchronously (device arrays are copied before this returns)."""
         if step in self.manager.all_steps():
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
-            ),
-            metrics=eval_metrics,
-            force=True,
-        )
+        with _disk_full_is_a_run_error(self.directory, f"step {step}"):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
+                ),
+                metrics=eval_metrics,
+                force=True,
+            )
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The checkpoint of `step`, placed like the (abstract, sharded) `like`."""
@@ -105,9 +116,65 @@ class Checkpoints:
         )
         return _from_tree(restored.state, like), dict(restored.meta)
 
+    def restore_latest(self, like: TrainState) -> tuple[TrainState, int, dict[str, Any]] | None:
+        """The newest checkpoint that restores: (state, step, metadata); None when there is
+        none. A damaged one is moved to `checkpoints_corrupt/` with a warning."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                state, meta = self.restore(step, like)
+            except Exception as error:  # tensorstore and orbax raise many types for bad files
+                self._quarantine(step, error)
+                continue
+            return state, step, meta
+        if steps:
+            raise RunError(
+                f"no checkpoint in {self.directory} restores (all moved to "
+                f"{self._quarantine_dir}); re-run to start from scratch"
+            )
+        return None
+
+    @property
+    def _quarantine_dir(self) -> str:
+        return os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt")
+
+    def _quarantine(self, step: int, error: Exception) -> None:
+        target = os.path.join(self._quarantine_dir, str(step))
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+        logging.warning(
+            "checkpoint step %d in %s does not restore (%s); moved to %s, trying an older one",
+            step,
+            self.directory,
+            reason,
+            target,
+        )
+        if jax.process_index() == 0:
+            os.makedirs(self._quarantine_dir, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        self.manager.reload()
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with _disk_full_is_a_run_error(self.directory, "a checkpoint"):
+            self.manager.wait_until_finished()
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_run_error(directory: str, what: str) -> Iterator[None]:
+    """'No space left on device' anywhere in an exception's chain becomes a RunError."""
+    try:
+        yield
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+                raise RunError(
+                    f"disk full while saving {what} to {directory}; the checkpoints already "
+                    "there are intact; free space and re-run to resume"
+                ) from error
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
 def _key(path: tuple) -> str:
@@ -116,6 +183,11 @@ def _key(path: tuple) -> str:
 
 def _flat(tree: Any) -> dict[str, Any]:
     return {_key(path): v for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat_state(state: nnx.State) -> dict[str, Any]:
+    """A model's variables flat by '/'-joined path, as `read_model_state` returns them."""
+    return _flat(nnx.to_pure_dict(state))
 
 
 def read_model_state(path: str) -> dict[str, np.ndarray]:
@@ -156,23 +228,29 @@ def load_into(source: dict[str, np.ndarray], state: nnx.State) -> list[str]:
 
 
 class PreemptionGuard:
-    """SIGTERM sets a flag; the loop saves and exits with 75 (EX_TEMPFAIL) at the next step.
-
-    Multi-host runs will replace `requested` with jax's preemption sync point.
-    """
+    """Preemption, asked at every step boundary: `requested(step)` is True once a SIGTERM
+    arrived. One process: our SIGTERM handler sets a flag. Several processes: JAX's preemption
+    sync point (its coordination service catches the signal), so that all processes agree on
+    the step at which they save and exit with 75 (EX_TEMPFAIL)."""
 
     def __init__(self):
-        self.requested = False
+        self._signalled = False
         self._previous = None
 
     def __enter__(self) -> PreemptionGuard:
-        if threading.current_thread() is threading.main_thread():
+        single = jax.process_count() == 1
+        if single and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM: saving a checkpoint, then exiting")
-        self.requested = True
+        logging.warning("SIGTERM: saving a checkpoint at the next step, then exiting")
+        self._signalled = True
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._signalled
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:

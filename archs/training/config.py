@@ -13,8 +13,8 @@ import ml_collections
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULES = ("step", "cosine", "exponential", "constant")
-PARALLELISMS = ("jit",)
-BN_MODES = ("sync",)
+PARALLELISMS = ("jit", "pmap")
+BN_MODES = ("sync", "per_device")
 AUGMENTS = ("cifar", "flip", "inception", "scale_jitter", "none")
 EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale")
 PIPELINES = ("auto", "memory", "stream")
@@ -22,6 +22,11 @@ PIPELINES = ("auto", "memory", "stream")
 
 class ConfigError(ValueError):
     """Bad user input found before the run starts: a one-line message, exit status 2."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (non-finite loss, full disk, unreadable checkpoints): a one-line
+    message naming what to do, exit status 1; every checkpoint already written is kept."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -44,14 +49,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.seed = 0
     c.dtype = "float32"
-    c.parallelism = "jit"  # 'pmap' comes with the scaling issue
-    c.bn_mode = "sync"  # 'per_device' comes with the scaling issue
+    c.parallelism = "jit"  # 'jit' (shardings over one mesh) or 'pmap' (per-device BatchNorm)
+    c.bn_mode = "sync"  # jit: 'sync' (global batch statistics) or 'per_device' (shard_map)
     c.init_from = ""
     c.eval_only = False
     c.log_every_steps = 100
     c.eval_every_steps = 0  # 0: once per epoch; always at the end
     c.checkpoint_every_steps = 0  # 0: at each evaluation; always at the end
     c.keep_checkpoints = 3
+
+    # Scale and faults (parallel.py, steps.py, loop.py).
+    c.grad_accum_steps = 1  # micro-batches per optimizer step (BatchNorm statistics per micro)
+    c.skip_nonfinite = False  # skip (and count) updates with a non-finite loss or gradient
 
     # Schedules and optimizers (optim.py).
     c.lr_base_batch_size = 0  # Goyal et al.'s linear scaling: lr * batch_size / this
@@ -91,7 +100,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     unknown = sorted(set(config.keys()) - set(base_config().keys()))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    positive = ("batch_size", "learning_rate", "keep_checkpoints")
+    positive = ("batch_size", "learning_rate", "keep_checkpoints", "grad_accum_steps")
     for key in positive:
         if not config[key] > 0:
             raise ConfigError(f"{key} must be positive, got {config[key]!r}")
@@ -134,3 +143,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"{key}={config[key]!r} is not supported; allowed: {', '.join(allowed)}"
             )
+    if config.parallelism == "pmap" and config.bn_mode != "per_device":
+        raise ConfigError(
+            f"parallelism='pmap' computes BatchNorm statistics per device; set "
+            f"bn_mode='per_device' (got bn_mode={config.bn_mode!r})"
+        )

@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -434,20 +435,40 @@ def device_augment_kind(source: Source, preprocess: Preprocess) -> str:
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
-    """Run `iterator` `size` items ahead in a background thread (host reads overlap steps)."""
+    """Run `iterator` `size` items ahead in a background thread (host reads overlap steps).
+
+    Closing the returned generator (or dropping it) stops and joins the thread, so no reader
+    is left inside JAX or TensorFlow when the interpreter exits.
+    """
     items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
     done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in iterator:
-                items.put(item)
+                if not put(item):
+                    return
         except Exception as error:  # handed to the consumer, raised there
-            items.put(error)
-        items.put(done)
+            put(error)
+        put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := items.get()) is not done:
-        if isinstance(item, Exception):
-            raise item
-        yield item
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -8,9 +8,9 @@ scratch); then the loop of jitted steps with logging, evaluation and checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -27,11 +27,12 @@ from archs.training import data, optim, parallel, steps
 from archs.training.checkpoint import (
     Checkpoints,
     PreemptionGuard,
+    flat_state,
     load_into,
     read_model_state,
     saved_steps,
 )
-from archs.training.config import ConfigError, check_config
+from archs.training.config import ConfigError, RunError, check_config
 from archs.training.metrics import MetricsWriter, provenance, read_jsonl, write_json
 
 # A workdir holds one experiment: these may not change when it is run again.
@@ -50,6 +51,7 @@ class Plan:
     num_classes: int
     dtype: Any
     eval_batch_size: int
+    init_source: dict[str, np.ndarray] | None  # init_from's model variables, flat by path
 
     @property
     def checkpoint_dir(self) -> str:
@@ -91,10 +93,11 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         info = archs.model_info(config.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    parallel.check_batch_size("batch_size", config.batch_size)
+    parallel.check_batch_size("batch_size", config.batch_size, config.grad_accum_steps)
     eval_batch_size = config.eval_batch_size or config.batch_size
     parallel.check_batch_size("eval_batch_size", eval_batch_size)
     source = data.open_source(config)
+    init_source = _read_init_from(config.init_from) if config.init_from else None
     plan = Plan(
         config=config,
         workdir=workdir,
@@ -103,17 +106,33 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         num_classes=config.num_classes or source.num_classes,
         dtype=jnp.dtype(config.dtype),
         eval_batch_size=eval_batch_size,
+        init_source=init_source,
     )
     try:
-        nnx.eval_shape(plan.create_model)
+        abstract = nnx.eval_shape(plan.create_model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_workdir(config, workdir)
-    if config.init_from and not os.path.exists(config.init_from):
-        raise ConfigError(f"init_from {config.init_from!r} does not exist")
+    if init_source is not None:
+        variables = nnx.state(abstract, nnx.Not(nnx.RngState))
+        wanted = {k: v.shape for k, v in flat_state(variables).items()}
+        if not any(np.shape(v) == wanted.get(k) for k, v in init_source.items()):
+            raise ConfigError(
+                f"init_from {config.init_from!r} matches no variable of {config.model}"
+            )
     if config.eval_only and not saved_steps(plan.checkpoint_dir) and not config.init_from:
         raise ConfigError(f"eval_only: no checkpoint in {workdir!r} and no init_from")
     return plan
+
+
+def _read_init_from(path: str) -> dict[str, np.ndarray]:
+    if not os.path.exists(path):
+        raise ConfigError(f"init_from {path!r} does not exist")
+    try:
+        return read_model_state(path)
+    except Exception as e:  # orbax raises many types for a directory that is not a checkpoint
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
+        raise ConfigError(f"init_from {path!r} is not a readable checkpoint: {reason}") from None
 
 
 class Evaluator:
@@ -151,24 +170,12 @@ class Evaluator:
 def _initial_state(
     plan: Plan, params: nnx.State, model_state: nnx.State, tx, mesh
 ) -> steps.TrainState:
-    if plan.config.init_from:
-        source = read_model_state(plan.config.init_from)
-        fresh = load_into(source, params) + load_into(source, model_state)
-        if len(fresh) == len(jax.tree.leaves(params)) + len(jax.tree.leaves(model_state)):
-            raise ConfigError(f"init_from {plan.config.init_from!r} matches no variable")
+    if plan.init_source is not None:
+        fresh = load_into(plan.init_source, params) + load_into(plan.init_source, model_state)
         logging.info(
             "init_from %s; freshly initialised: %s", plan.config.init_from, fresh or "none"
         )
-    key = jax.random.fold_in(jax.random.key(plan.config.seed), 1)
-    state = steps.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(key),
-        metrics=steps.zero_metrics(),
-    )
-    return parallel.replicate(state, mesh)
+    return parallel.replicate(steps.init_state(params, model_state, tx, plan.config.seed), mesh)
 
 
 def train_and_evaluate(
@@ -214,13 +221,12 @@ def _run(plan: Plan, mesh) -> str:
     evaluate = Evaluator(plan, parts, step_cfg, mesh)
     checkpoints = Checkpoints(plan.checkpoint_dir, c.keep_checkpoints)
     state = _initial_state(plan, params, model_state, tx, mesh)
-    latest = checkpoints.latest_step()
-    wall_offset = 0.0
-    if latest is not None:
-        state, meta = checkpoints.restore(latest, state)
+    step, wall_offset = 0, 0.0
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, step, meta = restored
         wall_offset = meta["wall_s"]
-        logging.info("resumed from step %d", latest)
-    step = latest or 0
+        logging.info("resumed from step %d", step)
     writer = MetricsWriter(plan.workdir, total, keep_through_step=None if c.eval_only else step)
     try:
         if c.eval_only:
@@ -291,55 +297,80 @@ def _train(
     wall_offset,
 ) -> str:
     c = plan.config
-    train_step = jax.jit(
-        steps.make_train_step(parts, tx, step_cfg),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-        out_shardings=parallel.replicated(mesh),
-        donate_argnums=0,
+    train_step = parallel.distribute_train_step(
+        lambda axis_name: steps.make_train_step(
+            parts,
+            tx,
+            step_cfg,
+            axis_name=axis_name,
+            accum_steps=c.grad_accum_steps,
+            skip_nonfinite=c.skip_nonfinite,
+        ),
+        mesh,
+        c.parallelism,
+        c.bn_mode,
     )
     eval_every = c.eval_every_steps or train_data.steps_per_epoch
     checkpoint_every = c.checkpoint_every_steps or eval_every
     log_every = c.log_every_steps or total
-    batches = data.prefetch(parallel.global_batch(b, mesh) for b in train_data.batches(step))
+    stacked = c.parallelism == "pmap"
+    batches = data.prefetch(
+        parallel.global_batch(b, mesh, stacked) for b in train_data.batches(step)
+    )
     started = time.time() - wall_offset
     window_start, window_steps = time.time(), 0
     profile = ProfileWindow(os.path.join(plan.workdir, "profile"), step, c.profile_steps)
-    with PreemptionGuard() as guard, profile:
+    with PreemptionGuard() as guard, profile, contextlib.closing(batches):
         while step < total:
             state = train_step(state, next(batches))
             step += 1
             profile.after_step(step, state)
             window_steps += 1
+            requested = guard.requested(step)
+            save = step % checkpoint_every == 0 or step == total or requested
+            evaluating = step % eval_every == 0 or step == total
             if step % log_every == 0 or step == total:
                 sums = jax.device_get(state.metrics)
+                _check_finite(c, sums, checkpoints)
                 state = state.replace(metrics=parallel.replicate(steps.zero_metrics(), mesh))
-                loss = float(sums["loss_sum"] / sums["count"])
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"train loss is {loss} at step {step}")
                 now = time.time()
-                writer.train(
-                    step,
-                    {
-                        "train/loss": loss,
-                        "train/top1": float(sums["correct"] / sums["count"]),
-                        "train/learning_rate": float(schedule(step - 1)),
-                        "train/images_per_sec": window_steps * c.batch_size / (now - window_start),
-                        "train/wall_s": now - started,
-                    },
-                )
+                values = {
+                    "train/loss": float(sums["loss_sum"] / max(sums["count"], 1)),
+                    "train/top1": float(sums["correct"] / max(sums["count"], 1)),
+                    "train/learning_rate": float(schedule(step - 1)),
+                    "train/images_per_sec": window_steps * c.batch_size / (now - window_start),
+                    "train/wall_s": now - started,
+                }
+                if c.skip_nonfinite:
+                    values["train/skipped_steps"] = float(sums["skipped"])
+                writer.train(step, values)
                 window_start, window_steps = now, 0
+            elif save or evaluating:
+                _check_finite(c, jax.device_get(state.metrics), checkpoints)
             paused = time.time()
             eval_metrics = None
-            if step % eval_every == 0 or step == total:
+            if evaluating:
                 eval_metrics = evaluate(state)
                 writer.eval(step, eval_metrics)
-            if step % checkpoint_every == 0 or step == total or guard.requested:
+            if save:
                 checkpoints.save(step, state, {"wall_s": time.time() - started}, eval_metrics)
             window_start += time.time() - paused  # images/s counts training time only
-            if guard.requested:
+            if requested:
                 return PREEMPTED
     _write_done(plan, step, started)
     return COMPLETE
+
+
+def _check_finite(c: ml_collections.ConfigDict, sums: dict, checkpoints: Checkpoints) -> None:
+    """Stop on the first non-finite loss or gradient (before a checkpoint could keep it)."""
+    bad_step = int(sums["first_nonfinite"])
+    if bad_step and not c.skip_nonfinite:
+        last_good = checkpoints.latest_step()
+        raise RunError(
+            f"non-finite loss, gradient or statistic at step {bad_step}; last good checkpoint: "
+            + (f"step {last_good} in {checkpoints.directory}" if last_good else "none")
+            + " (config.skip_nonfinite=True skips such updates)"
+        )
 
 
 def _write_done(plan: Plan, step: int, started: float) -> None:

@@ -4,8 +4,8 @@ Reads every run directory under DIR (`config.json`, `metrics.jsonl`, `done.json`
 markdown table of the settings that differ between runs, params and GMACs (archs.summary, at
 the run's image size), best and final eval top-1/top-5, steps, wall time and images/s, and,
 when runs differ only by `seed`, a second table with mean +- std over seeds. Writes
-DIR/report.csv (one row per run) and PNG plots: eval top-1 against step (seed groups as a mean
-line with a min-max band), and final top-1 against params and against GMACs.
+DIR/report.csv (one row per run) and PNG plots: eval top-1 and train loss against step (seed
+groups as a mean line with a min-max band), and final top-1 against params and against GMACs.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class RunResult:
     images_per_sec: float | None = None
     params: int | None = None
     gmacs: float | None = None
+    train_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -88,6 +89,7 @@ def summarize_run(name: str, config: dict[str, Any], metrics: list[dict], done: 
         steps=max((m.get("step", 0) for m in metrics), default=0),
         wall_s=max(walls, default=None),
         images_per_sec=statistics.median(speeds) if speeds else None,
+        train_curve=[(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m],
     )
 
 
@@ -246,29 +248,39 @@ def _label(key: tuple) -> str:
     return ",".join(f"{k.removeprefix('model_kwargs.')}={v}" for k, v in key) or "run"
 
 
+def _plot_curves(groups, attr: str, scale: float, ylabel: str, path: Path) -> Path:
+    """Each group's `attr` curve against step: the mean over seeds with a min-max band."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, runs in groups.items():
+        curves = [getattr(r, attr) for r in runs if getattr(r, attr)]
+        if not curves:
+            continue
+        # Seeds are compared at the steps every one of them logged.
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        values = np.array([[dict(c)[s] for s in steps] for c in curves]) * scale
+        (line,) = ax.plot(steps, values.mean(0), marker=".", label=_label(key))
+        if len(curves) > 1:
+            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="step", ylabel=ylabel, title=f"{ylabel} (band: min-max over seeds)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot(groups: Mapping[tuple, Sequence[RunResult]], out_dir: Path) -> list[Path]:
-    """top1_vs_step.png, top1_vs_params.png, top1_vs_gmacs.png; returns the paths written."""
+    """top1_vs_step.png, train_loss_vs_step.png, top1_vs_params.png, top1_vs_gmacs.png; returns
+    the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, runs in groups.items():
-        curves = [r.curve for r in runs if r.curve]
-        if not curves:
-            continue
-        # Seeds are compared at the steps every one of them evaluated.
-        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-        values = np.array([[dict(c)[s] for s in steps] for c in curves]) * 100
-        (line,) = ax.plot(steps, values.mean(0), label=_label(key))
-        if len(curves) > 1:
-            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="step", ylabel="eval top-1 %", title="eval top-1 (band: min-max over seeds)")
-    ax.legend(fontsize="small")
-    paths.append(_save(fig, out_dir / "top1_vs_step.png"))
+    paths = [
+        _plot_curves(groups, "curve", 100.0, "eval top-1 %", out_dir / "top1_vs_step.png"),
+        _plot_curves(groups, "train_curve", 1.0, "train loss", out_dir / "train_loss_vs_step.png"),
+    ]
     for attr, label in (("params", "parameters"), ("gmacs", "GMACs")):
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for key, runs in groups.items():

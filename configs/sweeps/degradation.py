@@ -6,10 +6,13 @@ Source: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Fi
 middle: ResNet) and Table 6 (ResNet-20/32/44/56 test error 8.75/7.51/7.17/6.97 %).
 Expected: final eval top-1 falls with depth for plain-20..56 and rises for resnet-20..56 (about
 91.3 -> 93.0 %); plain-56 ends several points below plain-20. The smoke variant (200 steps)
-checks that every net trains and reports; it is too short to show the effect.
+checks that every net trains and reports; it is too short to show the effect. The cpu variant
+(600 steps of 32 images, about 0.4 epoch, lr 0.1 * 32 / 128, eval every 200 steps) can show only
+the start of Fig. 6; measured on a 2-core CPU: see README's degradation section.
 Command: python sweep.py --sweep=configs/sweeps/degradation.py --workdir=runs/degradation
          --parallel=4 && python -m archs.training.report runs/degradation
 Smoke:   python sweep.py --sweep=configs/sweeps/degradation.py:smoke --workdir=/tmp/degradation
+CPU:     python sweep.py --sweep=configs/sweeps/degradation.py:cpu --workdir=/tmp/degradation_cpu
 """
 
 from archs.training.sweep import check_arg, product, smoke
@@ -18,9 +21,14 @@ DEPTHS = (20, 32, 44, 56)
 
 
 def get_sweep(arg=None):
-    check_arg(arg, ("smoke",))
-    if arg == "smoke":
+    check_arg(arg, ("smoke", "cpu"))
+    if arg in ("smoke", "cpu"):
         runs = product(model=["plain20", "plain56", "resnet20", "resnet56"], seed=[0])
-        return "configs/cifar10.py:resnet20", smoke(runs)
+        if arg == "smoke":
+            return "configs/cifar10.py:resnet20", smoke(runs)
+        # He et al.'s lr 0.1 at batch 128, scaled linearly to batch 32.
+        cpu = {"num_train_steps": 600, "batch_size": 32, "learning_rate": 0.025}
+        cpu["eval_every_steps"] = 200
+        return "configs/cifar10.py:resnet20", product(runs, [cpu])
     models = [f"{kind}{depth}" for kind in ("plain", "resnet") for depth in DEPTHS]
     return "configs/cifar10.py:resnet20", product(model=models, seed=[0, 1, 2])

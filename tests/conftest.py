@@ -1,0 +1,11 @@
+"""Fixtures shared by the training tests (the helpers themselves are in training_support.py)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory):
+    """An uninterrupted 20-step run of the tiny model, built once per test process."""
+    from training_support import baseline_run
+
+    return baseline_run(tmp_path_factory.mktemp("baseline"))

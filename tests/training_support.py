@@ -1,0 +1,197 @@
+"""What the training tests share: a tiny model, tfds mock data, configs, runs, the CLI.
+
+Runs use `tfds.testing.mock_data` (random images, no files) and a tiny model registered here
+only (never in the package). Run as a script, this file is `train.py` under the same mock data
+and model, so tests can run the real CLI in subprocesses (exit codes, signals, devices,
+processes):
+
+    PYTHONPATH=. python tests/training_support.py --config=configs/cifar10.py:tiny_test,fast ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import jax.numpy as jnp
+import tensorflow_datasets as tfds
+from flax import nnx
+
+import archs
+from archs import layers
+from archs.classifier import Classifier
+from archs.registry import register
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK_EXAMPLES = 40  # per split
+TINY = "tiny_test"
+
+
+class Tiny(Classifier):
+    """conv-BN-ReLU, global pooling, dropout, linear: every kind of state a real net has
+    (`norm=False` drops the BatchNorm, for checks that batch statistics would blur)."""
+
+    def __init__(self, num_classes: int, rngs: nnx.Rngs, dtype, width, drop_rate, norm):
+        self.conv1 = layers.ConvNormAct(3, width, 3, stride=2, norm=norm, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
+        self.fc = layers.linear(width, num_classes, dtype=dtype, rngs=rngs)
+
+    def forward_features(self, x):
+        stem = self.conv1(x)
+        return {"stem": stem, "pre_logits": self.dropout(layers.global_avg_pool(stem))}
+
+    def head(self, pre_logits):
+        return self.fc(pre_logits)
+
+
+def _tiny(
+    *,
+    num_classes,
+    rngs,
+    dtype=jnp.float32,
+    width: int = 8,
+    drop_rate: float = 0.1,
+    norm: bool = True,
+):
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    return Tiny(num_classes, rngs, dtype, width, drop_rate, norm)
+
+
+if TINY not in archs.list_models():
+    register(TINY, _tiny, family="test", image_size=32, crop_pct=1.0)
+
+
+@contextlib.contextmanager
+def mock_datasets():
+    """tfds mock data; mocked datasets report themselves unprepared, so say they are."""
+    with (
+        tfds.testing.mock_data(num_examples=MOCK_EXAMPLES),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        yield
+
+
+def tiny_config(**overrides):
+    from archs.training import base_config
+
+    c = base_config()
+    c.model = TINY
+    c.dataset = "cifar10"
+    c.data_dir = "/nonexistent/tfds"  # nothing is read from disk under mock data
+    c.batch_size = 8
+    c.num_train_steps = 12
+    c.log_every_steps = 1
+    c.eval_every_steps = 6
+    c.checkpoint_every_steps = 4
+    c.keep_checkpoints = 2
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def run(workdir, **overrides):
+    from archs.training import train_and_evaluate
+
+    with mock_datasets():
+        return train_and_evaluate(tiny_config(**overrides), str(workdir))
+
+
+def lines(workdir):
+    return [json.loads(s) for s in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_model(workdir):
+    from archs.training.checkpoint import read_model_state
+
+    return read_model_state(str(workdir))
+
+
+def cli(workdir, *overrides, config="configs/cifar10.py:tiny_test,fast", env=None, flags=(), **kw):
+    """train.py (under mock data) in a subprocess: `--config.KEY=VALUE` overrides, other flags."""
+    args = [sys.executable, __file__, f"--config={config}", f"--workdir={workdir}"]
+    args += [f"--config.{o}" for o in overrides] + list(flags)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        args, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+SMALL = (
+    "num_train_steps=20",
+    "batch_size=8",
+    "log_every_steps=1",
+    "eval_every_steps=10",
+    "checkpoint_every_steps=5",
+    "data_dir=/nonexistent/tfds",
+)
+
+
+def load_config(path, arg):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        h.update(str(p).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _main() -> None:
+    """train.py under mock data with the tiny model (TINY_STEP_SLEEP slows each batch)."""
+    from absl import app
+
+    sys.path.insert(0, str(ROOT))
+    import train
+    from archs.training import data
+
+    delay = float(os.environ.get("TINY_STEP_SLEEP", "0"))
+    if delay:
+        batch_at = data.TrainData.batch_at
+
+        def slow_batch_at(self, step):
+            time.sleep(delay)
+            return batch_at(self, step)
+
+        data.TrainData.batch_at = slow_batch_at
+    with mock_datasets():
+        app.run(train.main, flags_parser=train._parse)
+
+
+def small_config(**overrides):
+    """The CLI's run (`configs/cifar10.py:tiny_test,fast` with SMALL), as a config object."""
+    config = load_config("configs/cifar10.py", "tiny_test,fast")
+    for override in SMALL:
+        key, value = override.split("=")
+        config[key] = type(config[key])(value)
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def baseline_run(workdir: Path) -> Path:
+    """The uninterrupted run (in process) that resume and device-count tests compare with."""
+    from archs.training import COMPLETE, train_and_evaluate
+
+    with mock_datasets():
+        assert train_and_evaluate(small_config(), str(workdir)) == COMPLETE
+    return workdir
+
+
+if __name__ == "__main__":
+    _main()
