@@ -191,7 +191,14 @@ def stacked_blocks(blocks: Sequence[Block]) -> Block:
     """Identically shaped blocks as one Block whose variables are stacked on a new axis 0 (built
     one by one first, so a scanned model starts from the unscanned model's values)."""
     states = [nnx.state(unit) for unit in blocks]
-    return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+    return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(_stack, *states))
+
+
+def _stack(*values: Array) -> Array:
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        return jnp.stack(values)
+    # Stacked on the host: eagerly, jnp.stack would compile once per variable shape.
+    return jnp.asarray(np.stack(values))
 
 
 def _block_index(path: tuple) -> int | None:

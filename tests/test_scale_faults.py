@@ -134,21 +134,7 @@ def _free_port() -> int:
 
 def test_two_processes_train_the_run_of_one_process(eight_devices, tmp_path):
     workdir = tmp_path / "w"
-    port = _free_port()
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    procs = [
-        cli(
-            workdir,
-            *SMALL,
-            env=env,
-            flags=(
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-        )
-        for i in range(2)
-    ]
+    procs = _two_processes(workdir, *SMALL)
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
@@ -164,6 +150,39 @@ def test_two_processes_train_the_run_of_one_process(eight_devices, tmp_path):
     assert status == COMPLETE
     steps = [r["step"] for r in lines(workdir) if "train/loss" in r]
     assert steps == list(range(1, 25))
+
+
+def _two_processes(workdir: Path, *overrides: str, env: dict | None = None):
+    port = _free_port()
+    return [
+        cli(
+            workdir,
+            *overrides,
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", **(env or {})},
+            flags=(
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+        )
+        for i in range(2)
+    ]
+
+
+def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
+    """JAX's preemption sync point: every process saves the same step and exits with 75."""
+    procs = _two_processes(tmp_path, *SMALL, "num_train_steps=400", env={"TINY_STEP_SLEEP": "0.2"})
+    deadline = time.time() + 240
+    while not (tmp_path / "metrics.jsonl").exists() or len(lines(tmp_path)) < 2:
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.2)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 75, err[-2000:]
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(saved) == max(r["step"] for r in lines(tmp_path)) < 400
 
 
 def test_checkpoint_from_eight_devices_resumes_on_one(baseline, eight_devices, tmp_path):
