@@ -17,8 +17,8 @@ No argument: resnet20 with `he`. RECIPE defaults to the model's own paper.
   resnext29_16x64d 96.42% (Table 7). Unverified.
 - `fast`: a CPU-sized run: 5 epochs, batch 128, SGD Nesterov 0.9, peak lr 0.2 with one warmup
   epoch then cosine decay, label smoothing 0.1, weight decay 5e-4. Measured (resnet20, real
-  CIFAR-10 from ../shared JPEGs, 2-core CPU): see README's training section.
-Numbers on the ../shared CIFAR-10 are from JPEG-recompressed images (see ../shared/README.md).
+  CIFAR-10 from a JPEG-recompressed copy, 2-core CPU): see README's training section.
+That copy's images are JPEG-recompressed, so compare with the papers to within a fraction of a point.
 """
 
 from archs.training.config import base_config

@@ -349,6 +349,8 @@ def _train(
                 _check_finite(c, jax.device_get(state.metrics), checkpoints)
             paused = time.time()
             eval_metrics = None
+            if evaluating or save:
+                state = parallel.as_global(state, mesh)
             if evaluating:
                 eval_metrics = evaluate(state)
                 writer.eval(step, eval_metrics)

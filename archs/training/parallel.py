@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -97,6 +98,15 @@ def global_batch(
         devices = jax.local_device_count()
         local = {k: v.reshape((devices, -1, *v.shape[1:])) for k, v in local.items()}
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def as_global(state: Any, mesh: Mesh) -> Any:
+    """The replicated state as global arrays. Under pmap with several processes a step returns
+    arrays of this process's devices only; evaluation and checkpoints need global ones."""
+    leaf = jax.tree.leaves(state)[0]
+    if jax.process_count() == 1 or leaf.is_fully_addressable is False:
+        return state
+    return multihost_utils.host_local_array_to_global_array(state, mesh, P())
 
 
 def distribute_train_step(
