@@ -47,18 +47,18 @@ def time_to_first_step(
 ) -> dict[str, Any]:
     """One row: the phases from nothing to one finished train step."""
     mesh = bench.device_mesh()
+    start = time.perf_counter()
+    step, state, batch = bench.build_train_step(
+        name,
+        batch_size=batch_size,
+        image_size=image_size,
+        dtype=bench.DTYPES[dtype],
+        mesh=mesh,
+        model_kwargs=model_kwargs,
+    )
+    jax.block_until_ready(state)
+    built = time.perf_counter()
     with jax.set_mesh(mesh):
-        start = time.perf_counter()
-        step, state, batch = bench.build_train_step(
-            name,
-            batch_size=batch_size,
-            image_size=image_size,
-            dtype=bench.DTYPES[dtype],
-            mesh=mesh,
-            model_kwargs=model_kwargs,
-        )
-        jax.block_until_ready(state)
-        built = time.perf_counter()
         lowered = step.lower(state, batch)
         lowered_at = time.perf_counter()
         compiled = lowered.compile()

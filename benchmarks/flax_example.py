@@ -121,10 +121,10 @@ def compare(
 ) -> dict[str, Any]:
     """Ours and the flax example's train step of `name`, compiled then timed interleaved."""
     mesh = ours.device_mesh()
+    step, state, batch = ours.build_train_step(
+        name, batch_size=batch_size, image_size=image_size, dtype=jnp.float32, mesh=mesh
+    )
     with jax.set_mesh(mesh):
-        step, state, batch = ours.build_train_step(
-            name, batch_size=batch_size, image_size=image_size, dtype=jnp.float32, mesh=mesh
-        )
         our_exe, our_compile_s = ours.compile_step(step, state, batch)
     # Outside our mesh: pmap refuses a context mesh other than its own.
     flax_step, flax_state, flax_batch = build_flax_step(models, train, name, batch_size, image_size)

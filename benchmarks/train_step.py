@@ -73,7 +73,9 @@ def build_train_step(
     mesh: Mesh,
     model_kwargs: dict | None = None,
 ) -> tuple[Callable, steps.TrainState, dict[str, jax.Array]]:
-    """(jitted step, replicated train state, sharded synthetic batch); call under `mesh`."""
+    """(jitted step, replicated train state, sharded synthetic batch); lower and call it under
+    `mesh`. Built outside the mesh context, eager model initialization shares its compiled
+    operations with models built elsewhere in the process."""
     info = archs.model_info(name)
     model = archs.create_model(name, rngs=nnx.Rngs(0), dtype=dtype, **(model_kwargs or {}))
     parts, params, model_state = steps.split_model(model)
@@ -96,11 +98,11 @@ def build_train_step(
         rng=jax.random.key_data(jax.random.key(0)),
         metrics=steps.zero_metrics(),
     )
-    train_step = jax.jit(
-        steps.make_train_step(parts, tx, step_cfg),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-        out_shardings=parallel.replicated(mesh),
-        donate_argnums=0,
+    train_step = parallel.distribute_train_step(
+        lambda axis_name: steps.make_train_step(parts, tx, step_cfg, axis_name=axis_name),
+        mesh,
+        parallelism="jit",
+        bn_mode="sync",
     )
     batch = parallel.global_batch(synthetic_batch(batch_size, image_size, info.num_classes), mesh)
     return train_step, parallel.replicate(state, mesh), batch
@@ -161,7 +163,8 @@ def model_flops(
         mesh=mesh,
         model_kwargs=plain,
     )
-    return xla_flops(step.lower(state, batch))
+    with jax.set_mesh(mesh):
+        return xla_flops(step.lower(state, batch))
 
 
 def matmul_peak_gflops(dtype: Any, size: int, repeats: int = 5) -> float:
@@ -233,20 +236,20 @@ def benchmark(
     count = mesh.devices.size
     if batch_size % count:
         raise ValueError(f"batch_size={batch_size} is not divisible by devices={count}")
+    step, state, batch = build_train_step(
+        name,
+        batch_size=batch_size,
+        image_size=image_size,
+        dtype=DTYPES[dtype],
+        mesh=mesh,
+        model_kwargs=model_kwargs,
+    )
     with jax.set_mesh(mesh):
-        step, state, batch = build_train_step(
-            name,
-            batch_size=batch_size,
-            image_size=image_size,
-            dtype=DTYPES[dtype],
-            mesh=mesh,
-            model_kwargs=model_kwargs,
-        )
         compiled, compile_s = compile_step(step, state, batch)
         times, _ = time_steps(compiled, state, batch, num_steps)
-        flops = None
-        if {"scan_blocks", "remat"} & {k for k, v in (model_kwargs or {}).items() if v}:
-            flops = model_flops(name, batch_size, image_size, DTYPES[dtype], mesh, model_kwargs)
+    flops = None
+    if {"scan_blocks", "remat"} & {k for k, v in (model_kwargs or {}).items() if v}:
+        flops = model_flops(name, batch_size, image_size, DTYPES[dtype], mesh, model_kwargs)
     if peak_gflops is None:
         peak_gflops = measured_peak_gflops(dtype, count)
     return {

@@ -18,7 +18,7 @@ No argument: resnet20 with `he`. RECIPE defaults to the model's own paper.
 - `fast`: a CPU-sized run: 5 epochs, batch 128, SGD Nesterov 0.9, peak lr 0.2 with one warmup
   epoch then cosine decay, label smoothing 0.1, weight decay 5e-4. Measured (resnet20, real
   CIFAR-10 from a JPEG-recompressed copy, 2-core CPU): see README's training section.
-That copy's images are JPEG-recompressed, so compare with the papers to within a fraction of a point.
+Its images are JPEG-recompressed: compare with the papers only to within a fraction of a point.
 """
 
 from archs.training.config import base_config
