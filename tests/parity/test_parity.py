@@ -223,6 +223,57 @@ def test_converted_resnet50_checkpoint_evaluates(tmp_path):
     assert relative_error(ours, theirs) < TOLERANCE
 
 
+def test_converted_resnet50_evaluates_through_the_training_eval_path(tmp_path):
+    """`init_from` + `eval_only` on (mock) ImageNet validation images: the eval line's loss and
+    top-1 are torch's on the same preprocessed images."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from training_support import mock_datasets
+
+    from archs.training import EVALUATED, base_config, data, train_and_evaluate
+
+    reference = torch_model("resnet50")
+    pth = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), pth)
+    out = tmp_path / "converted"
+    assert convert.main(["--model", "resnet50", "--from", str(pth), "--out", str(out)]) == 0
+    config = base_config()
+    config.update(
+        model="resnet50",
+        dataset="imagenet2012",
+        eval_split="validation",
+        data_dir="/nonexistent/tfds",
+        batch_size=8,
+        eval_only=True,
+        init_from=str(out),
+    )
+    info = archs.model_info("resnet50")
+    with mock_datasets():
+        assert train_and_evaluate(config, str(tmp_path / "eval")) == EVALUATED
+        source = data.open_source(config)
+        batches = data.EvalData(source, 8, data.make_preprocess(config, info)).batches()
+        logits, labels = [], []
+        for batch in batches:
+            x = (batch["image"][batch["mask"]] / 255.0 - np.array(info.mean)) / np.array(info.std)
+            with torch.no_grad():
+                nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
+                logits.append(reference(nchw).numpy())
+            labels.append(batch["label"][batch["mask"]])
+    logits, labels = np.concatenate(logits).astype(np.float64), np.concatenate(labels)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    top1 = (logits.argmax(1) == labels).mean()
+    (line,) = [
+        json.loads(s) for s in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert line["eval/loss"] == pytest.approx(loss, rel=1e-4)
+    assert line["eval/top1"] == pytest.approx(top1)
+
+
 def test_load_pretrained_new_head_keeps_the_body(tmp_path):
     reference = torch_model("resnet18")
     pth = tmp_path / "resnet18.pth"
