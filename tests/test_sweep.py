@@ -7,8 +7,11 @@ and 3 when asked to fail.
 
 import importlib.util
 import json
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -30,10 +33,16 @@ DESIGN_CONFIG_KEYS = {
 
 FAKE_TRAIN = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
     workdir = args["workdir"]
     os.makedirs(workdir, exist_ok=True)
+
+    def preempted(signum, frame):
+        open(os.path.join(workdir, "sigterm"), "w").close()
+        sys.exit(75)
+
+    signal.signal(signal.SIGTERM, preempted)
     config = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
     with open(os.path.join(workdir, "calls"), "a") as f:
         f.write(f"{time.time()} start\\n")
@@ -173,6 +182,25 @@ def test_local_sweep_runs_in_parallel_requeues_and_reports_failures(tmp_path, fa
     assert code == 1 and "4 runs, 3 finished, 1 to train" in out[0]
     assert len(calls(workdir / names[0])) == 2  # not launched again
     assert len(calls(workdir / names[3])) == 2  # the failed run is tried again
+
+
+def test_sigterm_to_the_sweep_reaches_its_runs(tmp_path, fake_train):
+    spec = write_sweep(tmp_path, [{"model": "a", "sleep": 60}])
+    workdir = tmp_path / "sweep"
+    code = (
+        "import sys\n"
+        "from archs.training import sweep\n"
+        f"sys.exit(sweep.run_sweep({spec!r}, {str(workdir)!r}, train_command={fake_train!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    run_dir = workdir / sweep.run_name({"model": "a", "sleep": 60})
+    deadline = time.time() + 60
+    while not calls(run_dir):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 75
+    assert (run_dir / "sigterm").exists()  # the training was told, not orphaned
 
 
 def test_submitit_local_launcher_runs_the_same_jobs(tmp_path, fake_train):

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -251,12 +252,19 @@ def run_local(
     poll_s: float = 0.2,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Train `runs` as subprocesses, `parallel` at a time; a run exiting 75 is started again."""
+    """Train `runs` as subprocesses, `parallel` at a time; a run exiting 75 is started again.
+
+    A SIGTERM to the sweep is passed on to the running trainings, which checkpoint; the sweep
+    then exits with 75 as well, and running it again resumes them.
+    """
     slots = device_slots(visible_gpus(), parallel)
     pending = list(runs)
     requeues = dict.fromkeys((r.name for r in runs), 0)
     active: dict[int, tuple[Run, subprocess.Popen]] = {}
     outcomes: list[Outcome] = []
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _exit_preempted)
     try:
         while pending or active:
             for slot in range(parallel):
@@ -282,7 +290,13 @@ def run_local(
             proc.send_signal(signal.SIGTERM)
         for _, proc in active.values():
             proc.wait()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     return outcomes
+
+
+def _exit_preempted(signum: int, frame: Any) -> None:
+    raise SystemExit(EX_TEMPFAIL)
 
 
 class TrainJob:
