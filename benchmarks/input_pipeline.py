@@ -8,8 +8,9 @@ on the devices as the loop does (`parallel.global_batch`) and waited for:
   crop and flip run on the device inside the train step, so they are not in this rate.
 - `imagenet`: the tf.data stream pipeline with Inception crops (random-resized crop to 224,
   flip) decoding JPEGs: from `--imagenet-dataset` (a tfds name such as imagenet2012, or
-  folder:PATH), else from a folder of synthetic ImageNet-sized JPEGs (about 500x375, written once
-  to a temporary directory), which costs the same to decode and crop per image.
+  folder:PATH), else from a folder of synthetic ImageNet-sized JPEGs (500x375, two batches' worth
+  and at least 64, written once to a temporary directory), which costs about the same to decode
+  and crop per image.
 `--cores K` pins the process to K cores first (os.sched_setaffinity), so `per_core` is the rate
 over the cores actually used. `--train-step-model M` also times M's train step
 (`benchmarks.train_step`, same batch size and cores) and reports the pipeline / step ratio.
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             for pipeline in args.pipelines:
                 dataset = args.cifar_dataset
                 if pipeline == "imagenet":
-                    dataset = args.imagenet_dataset or f"folder:{synthetic_jpeg_folder(tmp)}"
+                    images = max(64, 2 * args.batch_size)
+                    dataset = args.imagenet_dataset or "folder:" + synthetic_jpeg_folder(
+                        tmp, images
+                    )
                 config = pipeline_config(pipeline, dataset, args.data_dir, args.batch_size)
                 results[pipeline] = measure(config, args.batches)
         if args.train_step_model:

@@ -6,7 +6,8 @@ devices, and all of them) `benchmarks.train_step` measures the step on a mesh ov
 devices; `scaling_efficiency` is images/s at n over n times images/s on one device.
 `--host-devices N` splits a CPU host into N XLA devices (`jax_num_cpu_devices`), which exercises
 the sharded step and its collectives without accelerators; they share the host's cores, so
-their efficiency says nothing about accelerator scaling.
+their efficiency says nothing about accelerator scaling (and their `mfu`, against n times one
+device's matmul peak, understates the host's use).
 """
 
 from __future__ import annotations

@@ -10,15 +10,16 @@ peak); beside them `peak_memory_mb` (XLA's memory analysis: arguments + outputs 
 aliases + temporaries, per device) and the settings.
 
 The step is the training system's own, set up as `archs.training.loop` does: the model split by
-`steps.split_model`, `steps.make_train_step` under `jax.jit` with the state replicated and
-donated and the batch sharded on the mesh's `data` axis, SGD with Nesterov momentum and weight
-decay from `optim.make_optimizer`. It is fed one synthetic uint8 batch already on the devices
-(host augmentation and input excluded; `benchmarks.input_pipeline` measures those), and
+`steps.split_model`, `steps.make_train_step` through `parallel.distribute_train_step` (jit, sync
+BatchNorm: the state replicated and donated, the batch sharded on the mesh's `data` axis), SGD
+with Nesterov momentum and weight decay from `optim.make_optimizer`. It is fed one synthetic
+uint8 batch already on the devices (host augmentation and input excluded;
+`benchmarks.input_pipeline` measures those), and
 `time_steps` / `summarize` are shared with `benchmarks.flax_example` so both are timed alike.
 
 `--model-kwargs '{"scan_blocks": true}'` passes model overrides; `--compilation-cache DIR` turns
 on JAX's persistent compilation cache (a second run then loads the executable instead of
-compiling it).
+compiling it); `--peak-size N` sets the peak matmul's size (default 2048 on CPU, else 8192).
 """
 
 from __future__ import annotations
