@@ -12,6 +12,7 @@ observed differences are about 1e-6.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -356,13 +357,19 @@ CLI = [
 ]
 
 
+@pytest.fixture(scope="module")
+def train(module_flags):
+    """The repository's train.py, loaded once per module (it defines absl flags)."""
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize(("args", "expected"), CLI)
-def test_bad_input_catalogue_on_the_command_line(baseline, capsys, args, expected):
+def test_bad_input_catalogue_on_the_command_line(baseline, train, capsys, args, expected):
     """train.py's parsing and main, in process: exit 2, one error line, the workdir unchanged."""
     from absl import flags
-
-    sys.path.insert(0, str(ROOT))
-    import train
 
     argv = ["train.py", "--config=configs/cifar10.py:tiny_test,fast", f"--workdir={baseline}"]
     before = tree_digest(baseline)

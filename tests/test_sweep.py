@@ -224,8 +224,8 @@ def test_submitit_local_launcher_runs_the_same_jobs(tmp_path, fake_train):
 
 
 @pytest.fixture(scope="module")
-def cli():
-    """The repository's sweep.py, loaded once (absl flags can be defined only once)."""
+def cli(module_flags):
+    """The repository's sweep.py, loaded once per module (it defines absl flags)."""
     spec = importlib.util.spec_from_file_location("sweep_cli", ROOT / "sweep.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
