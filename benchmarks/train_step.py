@@ -91,14 +91,7 @@ def build_train_step(
         aux_weight=info.aux_weight,
         augment=steps.device_augment("none", 0),
     )
-    state = steps.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(0)),
-        metrics=steps.zero_metrics(),
-    )
+    state = steps.init_state(params, model_state, tx, seed=0)
     train_step = parallel.distribute_train_step(
         lambda axis_name: steps.make_train_step(parts, tx, step_cfg, axis_name=axis_name),
         mesh,

@@ -200,6 +200,49 @@ def test_checkpoint_from_eight_devices_resumes_on_one(baseline, eight_devices, t
     assert_same_losses(lines(workdir), lines(baseline))
 
 
+def _kill_when(proc, ready, timeout: float = 120) -> bool:
+    """SIGKILL `proc` as soon as `ready()` holds; False if it finished first."""
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            return False
+        assert time.time() < deadline, "the condition never held"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_writes_and_at_random_steps_then_resume(baseline, tmp_path):
+    """Killed three times (twice while orbax writes a checkpoint, once at a random step), the run
+    still ends bitwise equal to the uninterrupted one. `pytest -m slow -k sigkill_during`."""
+    checkpoints = tmp_path / "checkpoints"
+
+    def writing() -> bool:  # orbax writes into a temporary directory, renamed when complete
+        return checkpoints.is_dir() and any(not p.name.isdigit() for p in checkpoints.iterdir())
+
+    rng = np.random.default_rng(0)
+    for attempt in range(3):
+        proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.1"})
+        if attempt < 2:
+            assert _kill_when(proc, writing), "finished before a checkpoint write was caught"
+        else:
+            deadline = time.time() + float(rng.uniform(8, 14))  # start-up, then some steps
+            if not _kill_when(proc, lambda deadline=deadline: time.time() > deadline):
+                break
+    resumed = cli(tmp_path, *SMALL)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    a, b = final_model(baseline), final_model(tmp_path)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ours, theirs = lines(tmp_path), lines(baseline)
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for x, y in zip(ours, theirs, strict=True):
+        assert x.get("train/loss") == y.get("train/loss"), x["step"]
+
+
 def test_sigterm_saves_exits_75_and_resumes_exactly(baseline, tmp_path):
     proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.15"})
     deadline = time.time() + 120
