@@ -75,18 +75,35 @@ def torch_model(name: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def residual_branch_ends(model: torch.nn.Module) -> set[torch.nn.Module]:
+    """The BatchNorm closing each residual branch (bn3 of a bottleneck, bn2 of a basic block)."""
+    ends = set()
+    for module in model.modules():
+        kind = type(module).__name__
+        if "Bottleneck" in kind and hasattr(module, "bn3"):
+            ends.add(module.bn3)
+        elif "BasicBlock" in kind and hasattr(module, "bn2"):
+            ends.add(module.bn2)
+    return ends
+
+
 def randomize_batch_norm(model: torch.nn.Module, size: int) -> None:
     """Random affine parameters; running statistics measured on a random batch, then jittered.
 
     Arbitrary statistics (mean ~0, variance ~1 everywhere) let eval-mode activations grow by
     a constant factor per residual block, and the deep SE nets then amplify float32 rounding:
     so randomised, timm's SE-ResNet-101 in float32 differs from itself in float64 by 40%
-    (max|a-b|/max|b|). Measured statistics keep activations at a trained net's scale.
+    (max|a-b|/max|b|). Measured statistics keep activations at a trained net's scale, and so
+    do small scales (0.1-0.3) on the BatchNorm closing each residual branch, as trained ResNets
+    have: with scales of ~1 there, ResNet-152's float32 logits (torch's and ours alike) are
+    2-3e-4 from float64, with 0.1-0.3 about 1e-6.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ends = residual_branch_ends(model)
     with torch.no_grad():
         for norm in norms:
-            norm.weight.copy_(torch.empty(norm.num_features).uniform_(0.5, 1.5))
+            low, high = (0.1, 0.3) if norm in ends else (0.5, 1.5)
+            norm.weight.copy_(torch.empty(norm.num_features).uniform_(low, high))
             norm.bias.copy_(0.1 * torch.randn(norm.num_features))
             norm.momentum = 1.0  # running statistics := this batch's
         model.train()
@@ -140,12 +157,10 @@ def test_eval_logits_match(name, record_property):
         with torch.no_grad():
             exact = reference64(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)))
         error = relative_error(ours, theirs)
-        # The deepest nets lose more than 1e-4 to float32 rounding in torch itself: then
-        # ours must be as close to torch as torch is to its own float64 result.
         own_error = relative_error(theirs, exact.numpy())
         record_property(f"relative_error_{size}", error)
         print(f"{name} @{size}: relative error {error:.2e} (torch float32 vs 64: {own_error:.2e})")
-        assert error < max(TOLERANCE, 2 * own_error), f"{name} at {size}: {error:.2e}"
+        assert error < TOLERANCE, f"{name} at {size}: {error:.2e}"
 
 
 def test_scanned_blocks_match():
