@@ -15,7 +15,7 @@ No argument: resnet20 with `he`. RECIPE defaults to the model's own paper.
 - `resnext` (Xie et al. 2017, Sec. 5.3): batch 128, 300 epochs, SGD momentum 0.9, lr 0.1
   divided by 10 at epochs 150 and 225, weight decay 5e-4. Expected resnext29_8x64d 96.35%,
   resnext29_16x64d 96.42% (Table 7). Unverified.
-- `fast`: a CPU-sized run: 5 epochs, batch 128, SGD Nesterov 0.9, peak lr 0.2 with one warmup
+- `fast`: a CPU-sized run: 5 epochs, batch 64, SGD Nesterov 0.9, peak lr 0.1 with one warmup
   epoch then cosine decay, label smoothing 0.1, weight decay 5e-4. Measured (resnet20, real
   CIFAR-10 from a JPEG-recompressed copy, 2-core CPU): see README's training section.
 Its images are JPEG-recompressed: compare with the papers only to within a fraction of a point.
@@ -51,10 +51,10 @@ def _resnext(c, model: str) -> None:
 
 
 def _fast(c, model: str) -> None:
-    c.batch_size = 128
+    c.batch_size = 64
     c.num_epochs = 5
     c.nesterov = True
-    c.learning_rate = 0.2
+    c.learning_rate = 0.1
     c.schedule = "cosine"
     c.warmup_epochs = 1.0
     c.label_smoothing = 0.1
