@@ -17,7 +17,8 @@ No argument: resnet20 with `he`. RECIPE defaults to the model's own paper.
   resnext29_16x64d 96.42% (Table 7). Unverified.
 - `fast`: a CPU-sized run: 5 epochs, batch 64, SGD Nesterov 0.9, peak lr 0.1 with one warmup
   epoch then cosine decay, label smoothing 0.1, weight decay 5e-4. Measured (resnet20, real
-  CIFAR-10 from a JPEG-recompressed copy, 2-core CPU): see README's training section.
+  CIFAR-10 from a JPEG-recompressed copy, 2-core CPU VM, 2026-11-22): 80.34% test top-1 in
+  22 minutes, 247 img/s (batch 128 and lr 0.2 had given 79.96% and 80.27% in two runs).
 Its images are JPEG-recompressed: compare with the papers only to within a fraction of a point.
 """
 
