@@ -200,6 +200,16 @@ def test_checkpoint_from_eight_devices_resumes_on_one(baseline, eight_devices, t
     assert_same_losses(lines(workdir), lines(baseline))
 
 
+def resume_and_compare_bitwise(baseline: Path, workdir: Path) -> None:
+    """Run the interrupted CLI run to its end; its final variables equal the uninterrupted's."""
+    resumed = cli(workdir, *SMALL)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    a, b = final_model(baseline), final_model(workdir)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def _kill_when(proc, ready, timeout: float = 120) -> bool:
     """SIGKILL `proc` as soon as `ready()` holds; False if it finished first."""
     deadline = time.time() + timeout
@@ -231,12 +241,7 @@ def test_sigkill_during_checkpoint_writes_and_at_random_steps_then_resume(baseli
             deadline = time.time() + float(rng.uniform(8, 14))  # start-up, then some steps
             if not _kill_when(proc, lambda deadline=deadline: time.time() > deadline):
                 break
-    resumed = cli(tmp_path, *SMALL)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
-    a, b = final_model(baseline), final_model(tmp_path)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    resume_and_compare_bitwise(baseline, tmp_path)
     ours, theirs = lines(tmp_path), lines(baseline)
     assert [r["step"] for r in ours] == [r["step"] for r in theirs]
     for x, y in zip(ours, theirs, strict=True):
@@ -255,12 +260,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(baseline, tmp_path):
     stopped_at = max(r["step"] for r in lines(tmp_path))
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert stopped_at < 20 and max(saved) == stopped_at
-    resumed = cli(tmp_path, *SMALL)
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
-    a, b = final_model(baseline), final_model(tmp_path)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    resume_and_compare_bitwise(baseline, tmp_path)
 
 
 def _damage_newest(workdir: Path) -> int:
