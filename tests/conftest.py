@@ -1,6 +1,11 @@
 """Fixtures shared by the training tests (the helpers themselves are in training_support.py)."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +26,20 @@ def module_flags():
     yield
     for name in set(flags.FLAGS) - before:
         delattr(flags.FLAGS, name)
+
+
+@pytest.fixture(scope="module")
+def repo_script(module_flags):
+    """Load a repository script (train.py, sweep.py) as a module, once per test module: absl
+    lets its flags be defined only once, and `module_flags` removes them afterwards."""
+    loaded = {}
+
+    def load(filename: str):
+        if filename not in loaded:
+            name = f"{Path(filename).stem}_cli"
+            spec = importlib.util.spec_from_file_location(name, ROOT / filename)
+            loaded[filename] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[filename])
+        return loaded[filename]
+
+    return load

@@ -12,7 +12,6 @@ observed differences are about 1e-6.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -401,12 +400,8 @@ CLI = [
 
 
 @pytest.fixture(scope="module")
-def train(module_flags):
-    """The repository's train.py, loaded once per module (it defines absl flags)."""
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train(repo_script):
+    return repo_script("train.py")
 
 
 @pytest.mark.parametrize(("args", "expected"), CLI)

@@ -224,12 +224,8 @@ def test_submitit_local_launcher_runs_the_same_jobs(tmp_path, fake_train):
 
 
 @pytest.fixture(scope="module")
-def cli(module_flags):
-    """The repository's sweep.py, loaded once per module (it defines absl flags)."""
-    spec = importlib.util.spec_from_file_location("sweep_cli", ROOT / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cli(repo_script):
+    return repo_script("sweep.py")
 
 
 def run_cli(cli, argv: list[str]) -> int:
