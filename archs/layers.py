@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from archs import fast_conv
+
 Array = jax.Array
 Activation = Callable[[Array], Array]
 
@@ -73,6 +75,7 @@ def conv2d(
         bias_init=bias_init,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=fast_conv.conv_general_dilated,
         rngs=rngs,
     )
 

@@ -25,7 +25,9 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
 - `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2);
 - `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
   stacked parameters, so XLA compiles one block per stage instead of each (same function; much
-  faster compilation of the deep nets); `remat`: recompute each block's activations in the
+  faster compilation of the deep nets; the scanned convolutions are
+  `archs.fast_conv.scan_conv_general_dilated`, whose backward pass XLA:CPU runs as fast inside
+  the loop as outside); `remat`: recompute each block's activations in the
   backward pass (`nnx.remat`) instead of storing them (less memory, about one more forward).
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
@@ -61,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archs import layers
+from archs import fast_conv, layers
 from archs.classifier import Classifier
 from archs.registry import CIFAR10_MEAN, CIFAR10_STD, register
 
@@ -189,8 +191,13 @@ def _call_block(unit: Block, x: Array) -> Array:
 
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
     """Identically shaped blocks as one Block whose variables are stacked on a new axis 0 (built
-    one by one first, so a scanned model starts from the unscanned model's values)."""
+    one by one first, so a scanned model starts from the unscanned model's values). Its
+    convolutions use `fast_conv.scan_conv_general_dilated`, whose backward pass stays fast inside
+    the scan on CPU."""
     states = [nnx.state(unit) for unit in blocks]
+    for _, module in nnx.iter_graph(blocks[0]):
+        if isinstance(module, nnx.Conv):
+            module.conv_general_dilated = fast_conv.scan_conv_general_dilated
     return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(_stack, *states))
 
 

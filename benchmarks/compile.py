@@ -65,7 +65,6 @@ def time_to_first_step(
         compiled_at = time.perf_counter()
         jax.block_until_ready(compiled(state, batch))
         done = time.perf_counter()
-    _, peak_bytes = bench.compiled_costs(compiled)
     return {
         "model": name,
         "model_kwargs": model_kwargs,
@@ -77,7 +76,7 @@ def time_to_first_step(
         "compile_s": round(compiled_at - lowered_at, 3),
         "first_step_s": round(done - compiled_at, 3),
         "time_to_first_step_s": round(done - start, 3),
-        "peak_memory_mb": round(peak_bytes / 2**20, 1),
+        "peak_memory_mb": round(bench.peak_memory_bytes(compiled) / 2**20, 1),
     }
 
 

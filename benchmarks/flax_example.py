@@ -138,12 +138,16 @@ def compare(
         steps,
     )
     devices = mesh.devices.size
+    our_gflops = ours.train_gflops_per_image(name, image_size, jnp.float32)
+    flax_gflops = (
+        ours.xla_flops(flax_step.lower(flax_state, flax_batch)) * devices / batch_size / 1e9
+    )
     result = {
         "ours": ours.summarize(
-            our_compile_s, times["ours"], batch_size, our_exe, devices, peak_gflops
+            our_compile_s, times["ours"], batch_size, our_exe, devices, peak_gflops, our_gflops
         ),
         "flax": ours.summarize(
-            flax_compile_s, times["flax"], batch_size, flax_exe, devices, peak_gflops
+            flax_compile_s, times["flax"], batch_size, flax_exe, devices, peak_gflops, flax_gflops
         ),
     }
     result["ratio"] = round(result["ours"]["images_per_sec"] / result["flax"]["images_per_sec"], 3)

@@ -3,11 +3,11 @@
 Prints DESIGN's benchmark object: `compile_s` (lowering plus XLA compilation of the jitted
 step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each waited for),
 `images_per_sec` (global batch / median step), `devices`, `device_kind`,
-`train_gflops_per_image` (XLA's cost analysis of the whole compiled step, forward, backward and
-optimizer update, over the global batch), `peak_gflops` (the best rate of a square matmul in the
-compute dtype on one device, times the devices) and `mfu` (achieved train GFLOP/s over that
-peak); beside them `peak_memory_mb` (XLA's memory analysis: arguments + outputs - donated
-aliases + temporaries, per device) and the settings.
+`train_gflops_per_image` (XLA's cost analysis of the whole step, forward, backward and
+optimizer update, lowered for the CPU: see `train_gflops_per_image`), `peak_gflops` (the best
+rate of a square matmul of random values in the compute dtype on one device, times the devices)
+and `mfu` (achieved train GFLOP/s over that peak); beside them `peak_memory_mb` (XLA's memory
+analysis: arguments + outputs - donated aliases + temporaries, per device) and the settings.
 
 The step is the training system's own, set up as `archs.training.loop` does: the model split by
 `steps.split_model`, `steps.make_train_step` through `parallel.distribute_train_step` (jit, sync
@@ -54,14 +54,16 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int) -> dict[
     }
 
 
-def device_mesh(count: int | None = None) -> Mesh:
-    """The training mesh over all devices, or over the first `count`."""
-    if count is None or count == jax.device_count():
+def device_mesh(count: int | None = None, platform: str | None = None) -> Mesh:
+    """The training mesh over all devices, or over the first `count` (of `platform`'s)."""
+    if (count is None or count == jax.device_count()) and platform is None:
         return parallel.make_mesh()
-    if not 1 <= count <= jax.device_count():
-        raise ValueError(f"devices={count} is not in 1..{jax.device_count()}")
+    devices = jax.devices(platform)
+    count = count or len(devices)
+    if not 1 <= count <= len(devices):
+        raise ValueError(f"devices={count} is not in 1..{len(devices)}")
     return jax.make_mesh(
-        (count,), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:count]
+        (count,), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices[:count]
     )
 
 
@@ -124,31 +126,36 @@ def time_steps(
     return times, state
 
 
-def xla_flops(stage: Any) -> float:
-    """XLA's FLOPs of one call of a lowered or compiled function, per device."""
-    cost = stage.cost_analysis()
+def xla_flops(lowered: Any) -> float:
+    """XLA's FLOPs of one call of a function lowered for the CPU, per device."""
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", float("nan")))
+    if not cost or "flops" not in cost:
+        raise ValueError(f"XLA gave no cost analysis for {jax.default_backend()}")
+    return float(cost["flops"])
 
 
-def compiled_costs(compiled: Any) -> tuple[float, float]:
-    """(FLOPs, peak bytes) of one call of a compiled executable, per device, from XLA."""
+def peak_memory_bytes(compiled: Any) -> float:
+    """XLA's peak memory of one call of a compiled executable, per device."""
     mem = compiled.memory_analysis()
-    peak = (
+    return float(
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
     )
-    return xla_flops(compiled), float(peak)
 
 
-def model_flops(
-    name: str, batch_size: int, image_size: int, dtype: Any, mesh: Mesh, kwargs: dict
+def train_gflops_per_image(
+    name: str, image_size: int, dtype: Any, model_kwargs: dict | None = None, batch_size: int = 2
 ) -> float:
-    """The train step's FLOPs without `scan_blocks` and `remat`: XLA counts a loop body once and
-    recomputation again, so such a step's own count is not the model's (MFU's numerator)."""
-    plain = {k: v for k, v in kwargs.items() if k not in ("scan_blocks", "remat")}
+    """The training GFLOPs per image of `name`'s train step (forward, backward and update):
+    XLA's cost analysis of the step lowered for one CPU device, always without `scan_blocks`
+    and `remat`. The CPU, because on a GPU the lowered module has no cost analysis and the
+    compiled one's convolutions are cuDNN calls that it does not count; unscanned, because XLA
+    counts a loop body once and recomputation again."""
+    plain = {k: v for k, v in (model_kwargs or {}).items() if k not in ("scan_blocks", "remat")}
+    mesh = device_mesh(1, "cpu")
     step, state, batch = build_train_step(
         name,
         batch_size=batch_size,
@@ -158,12 +165,12 @@ def model_flops(
         model_kwargs=plain,
     )
     with jax.set_mesh(mesh):
-        return xla_flops(step.lower(state, batch))
+        return xla_flops(step.lower(state, batch)) / batch_size / 1e9
 
 
 def matmul_peak_gflops(dtype: Any, size: int, repeats: int = 5) -> float:
     """The best GFLOP/s of a (size x size) @ (size x size) matmul in `dtype` on one device."""
-    a = jnp.ones((size, size), dtype)
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     matmul = jax.jit(lambda x: x @ x).lower(a).compile()
     jax.block_until_ready(matmul(a))
     best = min(time_steps(lambda _, __: matmul(a), a, None, repeats, warmup=0)[0])
@@ -182,15 +189,10 @@ def summarize(
     compiled: Any,
     devices: int,
     peak_gflops: float,
-    flops: float | None = None,
+    gflops_per_image: float,
 ) -> dict[str, Any]:
-    """DESIGN's benchmark fields from the measurements; memory and, unless given, per-device
-    FLOPs from `compiled`."""
-    compiled_flops, peak_bytes = compiled_costs(compiled)
-    flops = compiled_flops if flops is None else flops
+    """DESIGN's benchmark fields from the measurements, and the peak memory of `compiled`."""
     step_s = statistics.median(step_seconds)
-    # cost_analysis describes one device's program: its share of the global batch.
-    gflops_per_image = flops * devices / batch_size / 1e9
     images_per_sec = batch_size / step_s
     return {
         "compile_s": round(compile_s, 3),
@@ -201,7 +203,7 @@ def summarize(
         "train_gflops_per_image": significant(gflops_per_image),
         "peak_gflops": round(peak_gflops, 2),
         "mfu": significant(gflops_per_image * images_per_sec / peak_gflops),
-        "peak_memory_mb": round(peak_bytes / 2**20, 1),
+        "peak_memory_mb": round(peak_memory_bytes(compiled) / 2**20, 1),
         "step_ms_min": round(min(step_seconds) * 1e3, 3),
         "step_ms_max": round(max(step_seconds) * 1e3, 3),
     }
@@ -241,9 +243,7 @@ def benchmark(
     with jax.set_mesh(mesh):
         compiled, compile_s = compile_step(step, state, batch)
         times, _ = time_steps(compiled, state, batch, num_steps)
-    flops = None
-    if {"scan_blocks", "remat"} & {k for k, v in (model_kwargs or {}).items() if v}:
-        flops = model_flops(name, batch_size, image_size, DTYPES[dtype], mesh, model_kwargs)
+    gflops = train_gflops_per_image(name, image_size, DTYPES[dtype], model_kwargs)
     if peak_gflops is None:
         peak_gflops = measured_peak_gflops(dtype, count)
     return {
@@ -253,7 +253,7 @@ def benchmark(
         "dtype": dtype,
         "steps": num_steps,
         "model_kwargs": model_kwargs or {},
-        **summarize(compile_s, times, batch_size, compiled, count, peak_gflops, flops),
+        **summarize(compile_s, times, batch_size, compiled, count, peak_gflops, gflops),
     }
 
 

@@ -2,17 +2,23 @@
 
 `train_and_evaluate(config, workdir)` (loop.py) is what `train.py` runs and tests call; the
 config keys are in config.py; models come only through the registry (`archs.create_model`).
+
+The loop's names load on first use (PEP 562), so the step, optimizer and parallelism modules
+(what `benchmarks/` needs on an accelerator machine) import without TensorFlow, tfds, clu or
+orbax.
 """
 
-from archs.training.config import ConfigError, RunError, base_config
-from archs.training.loop import COMPLETE, EVALUATED, PREEMPTED, train_and_evaluate
+import importlib
+from typing import Any
 
-__all__ = [
-    "COMPLETE",
-    "EVALUATED",
-    "PREEMPTED",
-    "ConfigError",
-    "RunError",
-    "base_config",
-    "train_and_evaluate",
-]
+from archs.training.config import ConfigError, RunError, base_config
+
+_LOOP_NAMES = ("COMPLETE", "EVALUATED", "PREEMPTED", "train_and_evaluate")
+
+__all__ = ["ConfigError", "RunError", "base_config", *_LOOP_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOOP_NAMES:
+        return getattr(importlib.import_module("archs.training.loop"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
