@@ -17,8 +17,10 @@ replacements, each a `jax.custom_vjp` that computes the same numbers as lax's gr
   it).
 
 `conv_general_dilated` (every `layers.conv2d`) takes the pointwise path where it applies;
-`scan_conv_general_dilated` (the convolutions of `resnet.stacked_blocks`) the pointwise path on
-the CPU and the loop-safe path elsewhere. Any other convolution is lax's, unchanged.
+`scan_conv_general_dilated` (the convolutions of `resnet.stacked_blocks`) the loop-safe path
+on every platform, 1x1 convolutions included: in a scan it compiles faster than the pointwise
+path (a scanned ResNet-152 on 2 cores: 8.7 s against 11.9 s), and its first step took about
+as long (2.2 s against 2.0 s). Any other convolution is lax's, unchanged.
 """
 
 from __future__ import annotations
@@ -160,17 +162,17 @@ def _conv(
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(window_strides)
 
-    def loop_safe(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    if in_loop:
+        if strides != (1, 1):
+            return lax_conv(lhs, rhs)
         return _loop_safe(lhs, rhs, pads, feature_group_count, precision)
-
-    fallback = loop_safe if in_loop and strides == (1, 1) else lax_conv
     if rhs.shape[:2] != (1, 1) or feature_group_count != 1 or any(p != (0, 0) for p in pads):
-        return fallback(lhs, rhs)
+        return lax_conv(lhs, rhs)
 
     def pointwise(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return _pointwise(lhs[:, :: strides[0], :: strides[1]], rhs[0, 0], precision)
 
-    return lax.platform_dependent(lhs, rhs, cpu=pointwise, default=fallback)
+    return lax.platform_dependent(lhs, rhs, cpu=pointwise, default=lax_conv)
 
 
 def conv_general_dilated(
@@ -214,8 +216,8 @@ def scan_conv_general_dilated(
     precision: Any = None,
     **kwargs: Any,
 ) -> jax.Array:
-    """`conv_general_dilated` for a convolution inside a loop: stride-1 convolutions the
-    pointwise path does not take get the loop-safe backward pass."""
+    """`lax.conv_general_dilated` for a convolution inside a loop, with the loop-safe backward
+    pass where it applies."""
     return _conv(
         lhs,
         rhs,

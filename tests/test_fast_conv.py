@@ -1,5 +1,6 @@
 """archs.fast_conv: the same convolution and gradients as lax's; on the CPU, 1x1 convolutions
-differentiate as matmuls and scanned convolutions compile to canonical (fast) ones."""
+differentiate as matmuls, and scanned convolutions' gradients compile to canonical (fast)
+convolutions."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def _conv_kwargs(stride: int, padding, groups: int = 1) -> dict:
         (1, 2, 1, ((0, 0), (0, 0))),
         (3, 1, 4, ((0, 2), (2, 1))),
         (3, 2, 1, ((1, 1), (1, 1))),
+        (3, 2, 1, ((0, 1), (1, 0))),
+        (5, 3, 1, ((2, 2), (2, 2))),
+        (7, 2, 1, ((3, 3), (3, 3))),
+        (3, 2, 4, ((1, 1), (1, 1))),
     ],
 )
 @pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
@@ -66,9 +71,8 @@ def test_values_and_gradients_equal_lax(conv, kernel, stride, groups, padding, d
         assert diff <= rtol * scale, (name, diff, scale)
 
 
-@pytest.mark.parametrize("conv", CONVS)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_pointwise_gradients_are_matmuls_on_cpu(conv, stride):
+def test_pointwise_gradients_are_matmuls_on_cpu(stride):
     """On the CPU a 1x1 convolution and its gradients lower to dot_general, not convolution."""
     x, w = _inputs(1, 1)
     kwargs = _conv_kwargs(stride, ((0, 0), (0, 0)))
@@ -78,27 +82,34 @@ def test_pointwise_gradients_are_matmuls_on_cpu(conv, stride):
         return grad.lower(x, w).as_text()
 
     assert "stablehlo.convolution" in lowered(lax.conv_general_dilated)
-    ours = lowered(CONVS[conv])
+    ours = lowered(fast_conv.conv_general_dilated)
     assert "stablehlo.convolution" not in ours
     assert ours.count("stablehlo.dot_general") == 2
 
 
 def test_which_convolutions_take_which_path():
-    """Outside loops only the pointwise path replaces lax; the loop-safe backward pass is for
-    stride-1 convolutions in scans. Strided, dilated or SAME-padded ones are lax's."""
+    """Outside loops only 1x1 convolutions leave lax (for the pointwise path, on the CPU); in
+    scans every stride-1 one takes the loop-safe path. Strided 3x3, grouped, dilated or
+    SAME-padded ones stay lax's."""
 
-    def jaxpr(conv_fn, kernel=3, **kwargs):
-        return str(jax.make_jaxpr(lambda x, w: conv_fn(x, w, **kwargs))(*_inputs(kernel, 1)))
+    def jaxpr(conv_fn, kernel=3, groups=1, **kwargs):
+        inputs = _inputs(kernel, groups)
+        return str(jax.make_jaxpr(lambda x, w: conv_fn(x, w, **kwargs))(*inputs))
 
-    same = {"window_strides": (1, 1), "padding": ((1, 1), (1, 1)), "dimension_numbers": DN}
-    assert "custom_vjp" not in jaxpr(fast_conv.conv_general_dilated, **same)
-    assert "custom_vjp" in jaxpr(fast_conv.scan_conv_general_dilated, **same)
+    same = _conv_kwargs(1, ((1, 1), (1, 1)))
     pointwise = {**same, "padding": ((0, 0), (0, 0))}
+    strided = {**same, "window_strides": (2, 2)}
+    assert "custom_vjp" not in jaxpr(fast_conv.conv_general_dilated, **same)
     assert "platform_index" in jaxpr(fast_conv.conv_general_dilated, 1, **pointwise)
+    for kernel, kwargs in ((3, same), (1, pointwise)):
+        scanned = jaxpr(fast_conv.scan_conv_general_dilated, kernel, **kwargs)
+        assert "custom_vjp" in scanned and "platform_index" not in scanned
+    grouped = {**strided, "feature_group_count": 4}
+    dilated = {**same, "padding": "SAME", "rhs_dilation": (2, 2)}
     for conv_fn in CONVS.values():
-        strided = jaxpr(conv_fn, **{**same, "window_strides": (2, 2)})
-        dilated = jaxpr(conv_fn, **{**same, "padding": "SAME", "rhs_dilation": (2, 2)})
-        assert "custom_vjp" not in strided and "custom_vjp" not in dilated
+        assert "custom_vjp" not in jaxpr(conv_fn, **strided)
+        assert "custom_vjp" not in jaxpr(conv_fn, 3, 4, **grouped)
+        assert "custom_vjp" not in jaxpr(conv_fn, **dilated)
 
 
 def test_backward_inside_a_scan_compiles_to_canonical_convolutions():
