@@ -142,19 +142,23 @@ def _canonical(
     )
 
 
-def _conv(
+def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
     window_strides: Sequence[int],
     padding: Any,
-    lhs_dilation: Sequence[int] | None,
-    rhs_dilation: Sequence[int] | None,
-    dimension_numbers: Any,
-    feature_group_count: int,
-    precision: Any,
-    kwargs: dict[str, Any],
-    in_loop: bool,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    *,
+    in_loop: bool = False,
+    **kwargs: Any,
 ) -> jax.Array:
+    """`lax.conv_general_dilated` (what `nnx.Conv` calls), with the pointwise backward pass on
+    the CPU where it applies or, `in_loop`, the loop-safe one."""
+
     def lax_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
             lhs,
@@ -188,59 +192,6 @@ def _conv(
     return lax.platform_dependent(lhs, rhs, cpu=pointwise, default=lax_conv)
 
 
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-    **kwargs: Any,
-) -> jax.Array:
-    """`lax.conv_general_dilated` (what `nnx.Conv` calls), with the pointwise backward pass on
-    the CPU where it applies."""
-    return _conv(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        precision,
-        kwargs,
-        in_loop=False,
-    )
-
-
-def scan_conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-    **kwargs: Any,
-) -> jax.Array:
-    """`lax.conv_general_dilated` for a convolution inside a loop, with the loop-safe backward
-    pass where it applies."""
-    return _conv(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        precision,
-        kwargs,
-        in_loop=True,
-    )
+def scan_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
+    """`conv_general_dilated(..., in_loop=True)`: for a convolution inside a loop."""
+    return conv_general_dilated(*args, in_loop=True, **kwargs)

@@ -79,28 +79,11 @@ def make_step(
     return model, step
 
 
-def benchmark(
-    name: str,
-    *,
-    batch_size: int,
-    image_size: int,
-    dtype: str,
-    channels_last: bool,
-    compile_model: bool,
-    steps: int,
-    warmup: int,
-) -> dict[str, Any]:
-    """Time `steps` train steps of torchvision's `name`; the fields of the result object."""
+def benchmark(name: str, *, steps: int, warmup: int, **settings: Any) -> dict[str, Any]:
+    """Time `steps` train steps of torchvision's `name` built with `make_step`'s `settings`;
+    the fields of the result object."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _, step = make_step(
-        name,
-        batch_size=batch_size,
-        image_size=image_size,
-        dtype=dtype,
-        channels_last=channels_last,
-        compile_model=compile_model,
-        device=device,
-    )
+    _, step = make_step(name, device=device, **settings)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -111,14 +94,10 @@ def benchmark(
     step_s = statistics.median(times)
     return {
         "model": name,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "dtype": dtype,
-        "channels_last": channels_last,
-        "compile": compile_model,
+        **settings,
         "steps": steps,
         "step_ms": round(step_s * 1e3, 3),
-        "images_per_sec": round(batch_size / step_s, 3),
+        "images_per_sec": round(settings["batch_size"] / step_s, 3),
         "step_ms_min": round(min(times) * 1e3, 3),
         "step_ms_max": round(max(times) * 1e3, 3),
         "device_kind": device_kind(device),
