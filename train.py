@@ -1,11 +1,15 @@
 """Train or evaluate a registered model on a tfds dataset, on every device found.
 
     python train.py --config=configs/cifar10.py[:MODEL[,RECIPE]] --workdir=DIR [--config.KEY=VALUE]
+        [--config.model_kwargs.KEYWORD=VALUE] [--check] [--verbosity=0]
 
-Re-running the same command resumes from DIR's latest checkpoint. Exit status: 0 when the run
-completes (or `eval_only` evaluated), 2 on bad input (one line on stderr, nothing written),
-75 (EX_TEMPFAIL) after a SIGTERM-triggered checkpoint, so that launchers requeue the run, 1 when
-the run cannot go on (a non-finite loss, a full disk: one line saying what to do).
+Re-running the same command resumes from DIR's latest checkpoint. `--check` checks everything
+(config, model and its keywords, dataset, workdir), prints the plan and exits without writing
+or compiling anything. Exit status: 0 when the run completes (or was already complete, or
+`eval_only` evaluated), 1 when the run cannot go on (a non-finite loss, a full disk: one line
+saying what to do), 2 on bad input (one line, nothing written), 75 after a SIGTERM and 130
+after Ctrl-C (both save a checkpoint first; run the same command to resume). Logs of the
+libraries are quiet unless --verbosity is given.
 
 Several processes (one per host or per GPU) join through `jax.distributed`: detected under
 SLURM, Open MPI and Cloud TPU, or given as --coordinator_address, --num_processes, --process_id.
@@ -16,43 +20,35 @@ import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-EXIT_RUN_ERROR = 1
-EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75
+from archs.training import console
+from archs.training.errors import ConfigError, ExitCode, RunError, first_line
+from archs.training.overrides import load_config, split_config_args
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file: configs/FILE.py[:ARG]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and logs go")
+_CHECK = flags.DEFINE_bool("check", False, "check the run, print its plan, write nothing")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "multi-process: HOST:PORT")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: how many")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this one's index")
 
+_config_args: list[str] = []
 
-def _fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
-    print(f"train.py: error: {message.strip().splitlines()[0]}", file=sys.stderr)
+
+def _fail(message: str, status: int = ExitCode.BAD_INPUT) -> None:
+    print(f"train.py: error: {first_line(message)}", file=sys.stderr)
     sys.exit(status)
 
 
-def _loading_error(error: BaseException) -> str:
-    """config_flags wraps errors in multi-line reports (paths tried, a traceback) whose last
-    line says what went wrong."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 def _parse(argv: list[str]) -> list[str]:
-    """absl's parsing, but bad flags, config files or overrides exit 2 with one line."""
+    """absl's parsing of the other flags; the --config arguments are `load_config`'s. Bad flags
+    exit 2 with one line."""
+    config_args, rest = split_config_args(argv[1:])
+    _config_args[:] = config_args
     try:
-        rest = flags.FLAGS(argv)
-        config = _CONFIG.value
-        if config is not None:
-            config.keys()  # a file that failed to load raises only when first used
-    except Exception as e:  # flags.Error, or whatever loading the config file raised
-        _fail(_loading_error(e))
-    if config is None or not _WORKDIR.value:
+        rest = flags.FLAGS([argv[0], *rest])
+    except flags.Error as e:
+        _fail(str(e))
+    if not config_args or not _WORKDIR.value:
         _fail("--config and --workdir are required")
     return rest
 
@@ -65,20 +61,26 @@ class _QuietCheckpointing(logging.Filter):
 
 
 def main(argv: list[str]) -> None:
-    from archs.training import PREEMPTED, ConfigError, RunError, train_and_evaluate
-    from archs.training.parallel import initialize_distributed
-
+    if not flags.FLAGS["verbosity"].present:
+        console.quiet_library_logs()
     absl_logging.get_absl_handler().addFilter(_QuietCheckpointing())
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    from archs.training import EXIT_CODES, plan, train_and_evaluate
+    from archs.training.parallel import initialize_distributed
+
     try:
+        config = load_config(_config_args)
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        status = train_and_evaluate(_CONFIG.value, _WORKDIR.value, argv=sys.argv)
+        if _CHECK.value:
+            console.say(plan.describe(plan.plan_run(config, _WORKDIR.value)))
+            sys.exit(ExitCode.COMPLETE)
+        status = train_and_evaluate(config, _WORKDIR.value, argv=sys.argv)
     except ConfigError as e:
         _fail(str(e))
     except RunError as e:
-        _fail(str(e), EXIT_RUN_ERROR)
-    sys.exit(EXIT_PREEMPTED if status == PREEMPTED else 0)
+        _fail(str(e), ExitCode.RUN_ERROR)
+    sys.exit(EXIT_CODES[status])
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ and `model_info` (re-exported by `archs`).
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -116,18 +119,89 @@ def model_info(name: str) -> ModelInfo:
     return _entry(name).info
 
 
-def model_overrides(name: str) -> list[str]:
-    """The keyword overrides `create_model(name, ...)` accepts."""
+def _override_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The builder's keyword parameters a user may override, with their annotations resolved
+    and the registered defaults (a `functools.partial`'s keywords) in place of the builder's."""
     builder = _entry(name).builder
     target = builder.func if isinstance(builder, functools.partial) else builder
+    bound = builder.keywords if isinstance(builder, functools.partial) else {}
     # nnx.Module classes hide their __init__ signature behind the metaclass's __call__.
-    params = inspect.signature(target.__init__ if isinstance(target, type) else target).parameters
+    function = target.__init__ if isinstance(target, type) else target
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError):  # an annotation that does not resolve: check by default
+        hints = {}
     skip = ("self", "num_classes", "rngs", "dtype")
-    return sorted(
-        p
-        for p, spec in params.items()
-        if p not in skip and spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)
-    )
+    params = {}
+    for key, spec in inspect.signature(function).parameters.items():
+        if key in skip or spec.kind not in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD):
+            continue
+        params[key] = spec.replace(
+            default=bound.get(key, spec.default), annotation=hints.get(key, spec.annotation)
+        )
+    return params
+
+
+def model_overrides(name: str) -> list[str]:
+    """The keyword overrides `create_model(name, ...)` accepts."""
+    return sorted(_override_parameters(name))
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether `value` fits a parameter annotation (types this cannot check are accepted: the
+    builder checks them)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (collections.abc.Sequence, tuple, list):
+        return isinstance(value, tuple | list)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "any"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` checked against `name`'s builder: each key one of its keywords (a misspelt
+    one raises ValueError naming the close matches), each value of the keyword's type. Values
+    are returned as the builder takes them: lists as tuples, and numbers or booleans given for
+    a str-only keyword (as a command line may parse them) as their text."""
+    params = _override_parameters(name)
+    checked = {}
+    for key, value in overrides.items():
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"unknown override {key!r} for model {name!r}{hint} (allowed: "
+                f"{', '.join(sorted(params)) or 'none'})"
+            )
+        annotation = params[key].annotation
+        if isinstance(value, list):
+            value = tuple(value)
+        if annotation is not inspect.Parameter.empty and not _accepts(annotation, value):
+            if _accepts(annotation, str(value)) and not isinstance(value, tuple):
+                value = str(value)
+            else:
+                raise ValueError(
+                    f"override {key}={value!r} of model {name!r} is not of type "
+                    f"{_type_name(annotation)} (default {params[key].default!r})"
+                )
+        checked[key] = value
+    return checked
 
 
 def create_model(
@@ -140,13 +214,7 @@ def create_model(
 ) -> nnx.Module:
     """Build a registered network with float32 parameters and `dtype` compute."""
     entry = _entry(name)
-    allowed = model_overrides(name)
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown override(s) {', '.join(unknown)} for model {name!r}; allowed: "
-            f"{', '.join(allowed) or 'none'}"
-        )
+    overrides = check_overrides(name, overrides)
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return entry.builder(

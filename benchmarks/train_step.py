@@ -40,6 +40,7 @@ from jax.sharding import AxisType, Mesh
 
 import archs
 from archs.training import optim, parallel, steps
+from archs.training.trainer import build_trainer
 from archs.training.config import base_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -81,27 +82,21 @@ def build_train_step(
     operations with models built elsewhere in the process."""
     info = archs.model_info(name)
     model = archs.create_model(name, rngs=nnx.Rngs(0), dtype=dtype, **(model_kwargs or {}))
-    parts, params, model_state = steps.split_model(model)
     config = base_config()
     config.update(model=name, batch_size=batch_size, nesterov=True, schedule="cosine")
-    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 1000, 100_000))
-    step_cfg = steps.StepConfig(
+    config.dtype = jnp.dtype(dtype).name
+    trainer, state, _ = build_trainer(
+        config,
+        model,
+        schedule=optim.learning_rate_schedule(config, 1000, 100_000),
         mean=info.mean,
         std=info.std,
-        dtype=dtype,
-        label_smoothing=0.0,
         aux_weight=info.aux_weight,
-        augment=steps.device_augment("none", 0),
-    )
-    state = steps.init_state(params, model_state, tx, seed=0)
-    train_step = parallel.distribute_train_step(
-        lambda axis_name: steps.make_train_step(parts, tx, step_cfg, axis_name=axis_name),
-        mesh,
-        parallelism="jit",
-        bn_mode="sync",
+        augment_kind="none",
+        mesh=mesh,
     )
     batch = parallel.global_batch(synthetic_batch(batch_size, image_size, info.num_classes), mesh)
-    return train_step, parallel.replicate(state, mesh), batch
+    return trainer.train_step, state, batch
 
 
 def compile_step(jitted: Any, *args: Any) -> tuple[Any, float]:

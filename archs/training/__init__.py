@@ -11,11 +11,20 @@ orbax.
 import importlib
 from typing import Any
 
-from archs.training.config import ConfigError, RunError, base_config
+from archs.training.config import base_config
+from archs.training.errors import ConfigError, ExitCode, RunError
 
-_LOOP_NAMES = ("COMPLETE", "EVALUATED", "PREEMPTED", "train_and_evaluate")
+_LOOP_NAMES = (
+    "COMPLETE",
+    "EVALUATED",
+    "EXIT_CODES",
+    "INTERRUPTED",
+    "PREEMPTED",
+    "evaluate_only",
+    "train_and_evaluate",
+)
 
-__all__ = ["ConfigError", "RunError", "base_config", *_LOOP_NAMES]
+__all__ = ["ConfigError", "ExitCode", "RunError", "base_config", *_LOOP_NAMES]
 
 
 def __getattr__(name: str) -> Any:

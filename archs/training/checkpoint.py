@@ -15,8 +15,6 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from archs.training.config import RunError
+from archs.training.errors import RunError
 from archs.training.steps import TrainState
 
 BEST_METRIC = "eval/top1"
@@ -154,9 +152,13 @@ class Checkpoints:
         multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.reload()
 
-    def close(self) -> None:
+    def wait(self) -> None:
+        """Until every save started has been written."""
         with _disk_full_is_a_run_error(self.directory, "a checkpoint"):
             self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
         self.manager.close()
 
 
@@ -225,33 +227,3 @@ def load_into(source: dict[str, np.ndarray], state: nnx.State) -> list[str]:
 
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(pick, nnx.to_pure_dict(state)))
     return fresh
-
-
-class PreemptionGuard:
-    """Preemption, asked at every step boundary: `requested(step)` is True once a SIGTERM
-    arrived. One process: our SIGTERM handler sets a flag. Several processes: JAX's preemption
-    sync point (its coordination service catches the signal), so that all processes agree on
-    the step at which they save and exit with 75 (EX_TEMPFAIL)."""
-
-    def __init__(self):
-        self._signalled = False
-        self._previous = None
-
-    def __enter__(self) -> PreemptionGuard:
-        single = jax.process_count() == 1
-        if single and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM: saving a checkpoint at the next step, then exiting")
-        self._signalled = True
-
-    def requested(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._signalled
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

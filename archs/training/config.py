@@ -1,14 +1,18 @@
 """The training config: every key with its default, and the checks run before anything is built.
 
-`base_config()` is what each recipe in `configs/` starts from, so every key DESIGN's training
-contract names exists everywhere and can be overridden from the command line. `check_config`
-refuses bad values with a `ConfigError` (train.py turns it into a one-line error and exit 2)
+`base_config()` is what each recipe in `configs/` starts from, so every key of the training
+contract (docs/design.md) exists everywhere and can be overridden from the command line.
+`check_config` refuses bad values with a `ConfigError` (errors.py: a one-line error, exit 2)
 without touching the workdir or compiling anything.
 """
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
+
+from archs.training.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw", "lars")
@@ -20,17 +24,9 @@ EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale")
 PIPELINES = ("auto", "memory", "stream")
 
 
-class ConfigError(ValueError):
-    """Bad user input found before the run starts: a one-line message, exit status 2."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on (non-finite loss, full disk, unreadable checkpoints): a one-line
-    message naming what to do, exit status 1; every checkpoint already written is kept."""
-
-
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults for every training key (DESIGN's contract keys first, then this system's own)."""
+    """Defaults for every training key (the contract keys of docs/design.md first, then the
+    system's own)."""
     c = ml_collections.ConfigDict()
     c.model = "resnet20"
     c.model_kwargs = ml_collections.ConfigDict()
@@ -97,9 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming the first bad value (keys, ranges, choices)."""
-    unknown = sorted(set(config.keys()) - set(base_config().keys()))
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    known = list(base_config().keys())
+    for key in sorted(set(config.keys()) - set(known)):
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}")
     positive = ("batch_size", "learning_rate", "keep_checkpoints", "grad_accum_steps")
     for key in positive:
         if not config[key] > 0:

@@ -288,6 +288,15 @@ def _count(ds: tf.data.Dataset) -> int:
     return int(ds.reduce(np.int64(0), lambda c, _: c + 1))
 
 
+def split_size(source: Source, split: str) -> int:
+    """The number of examples of a split (slices such as 'train[:90%]' included), from the
+    dataset's metadata, or counted when it has none (tfds.testing.mock_data)."""
+    try:
+        return source.builder.info.splits[split].num_examples
+    except KeyError:
+        return _count(_read(source, split))
+
+
 def _to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for x, y in tfds.as_numpy(ds.batch(_READ_BATCH)):
@@ -315,7 +324,7 @@ class TrainData:
             self._arrays = _to_numpy(ds)
             self.num_examples = len(self._arrays[1])
         else:
-            self.num_examples = _count(_read(source, source.train_split))
+            self.num_examples = split_size(source, source.train_split)
         self.steps_per_epoch = self.num_examples // batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(

@@ -1,9 +1,12 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard (clu), progress lines, JSON files.
+"""Where a run's numbers go: metrics.jsonl, TensorBoard (clu), and the JSON files of a workdir.
 
-`metrics.jsonl` follows DESIGN's contract: one object per line, each with `step`; train lines
-carry `train/loss`, `train/top1`, `train/learning_rate`, `train/images_per_sec`,
-`train/wall_s`; eval lines `eval/loss`, `eval/top1`, `eval/top5`. A resumed run first drops
-the lines past its restored step, so each step appears once. Only process 0 writes.
+`metrics.jsonl` follows the run contract of docs/design.md: one object per line, each with
+`step`; train lines carry `train/loss`, `train/top1`, `train/learning_rate`,
+`train/images_per_sec`, `train/wall_s`; eval lines `eval/loss`, `eval/top1`, `eval/top5`. A
+resumed run first drops the lines past its restored step, and tells TensorBoard to drop its
+events past that step too (a SessionLog START event, TensorBoard's own mechanism for the steps
+a crashed run wrote after its last checkpoint), so each step appears once in both.
+`provenance.json` keeps every launch of the run. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import importlib.metadata
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
 import jax
-from absl import logging
 from clu import metric_writers
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from archs.training.runs import read_metrics
 
 PACKAGES = (
     "jax",
@@ -34,6 +41,7 @@ PACKAGES = (
     "numpy",
     "ml-collections",
 )
+PROVENANCE = "provenance.json"
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -47,26 +55,17 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def provenance(argv: list[str]) -> dict[str, Any]:
-    """Command line, git commit, package versions, devices: how to reproduce the run."""
+def _git(*args: str) -> str:
     here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=here, capture_output=True, text=True, timeout=10
-            )
-            return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
 
+def launch_record(argv: list[str]) -> dict[str, Any]:
+    """Command line, git commit, package versions, devices, host: how to reproduce a launch."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -75,8 +74,8 @@ def provenance(argv: list[str]) -> dict[str, Any]:
             continue
     return {
         "command": [sys.executable, *argv],
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "python": platform.python_version(),
         "packages": versions,
         "device_kind": jax.devices()[0].device_kind,
@@ -84,71 +83,100 @@ def provenance(argv: list[str]) -> dict[str, Any]:
         "process_count": jax.process_count(),
         "platform": jax.default_backend(),
         "hostname": platform.node(),
+        "pid": os.getpid(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "exit_status": None,
     }
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+def read_launches(workdir: str) -> list[dict[str, Any]]:
+    """The launches recorded in a workdir's provenance.json, oldest first (a file of the
+    earlier one-launch format counts as one launch)."""
+    path = os.path.join(workdir, PROVENANCE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        record = json.load(f)
+    return record.get("launches", [record])
+
+
+def record_launch(workdir: str, argv: list[str]) -> None:
+    """Append this launch to provenance.json."""
+    launches = [*read_launches(workdir), launch_record(argv)]
+    write_json(os.path.join(workdir, PROVENANCE), {"launches": launches})
+
+
+def record_exit(workdir: str, status: int) -> None:
+    """The exit status of this (the last) launch."""
+    launches = read_launches(workdir)
+    if launches:
+        launches[-1]["exit_status"] = int(status)
+        write_json(os.path.join(workdir, PROVENANCE), {"launches": launches})
+
+
+def _purge_tensorboard_after(logdir: str, step: int) -> None:
+    """A SessionLog START event at `step + 1`: TensorBoard then drops every event of a step
+    past `step` read before it. It goes in an event file of its own, named one second before
+    now so that it sorts after the earlier run's files and before the file of this run."""
+    name = (
+        f"events.out.tfevents.{int(time.time()) - 1:010d}.{socket.gethostname()}"
+        f".{os.getpid()}.restart"
+    )
+    with open(os.path.join(logdir, name), "wb") as f:
+        writer = RecordWriter(f)
+        for event in (
+            event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"),
+            event_pb2.Event(
+                wall_time=time.time(),
+                step=step + 1,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            ),
+        ):
+            writer.write(event.SerializeToString())
+        writer.flush()
 
 
 class MetricsWriter:
-    """metrics.jsonl + TensorBoard events + a progress line per train log."""
+    """metrics.jsonl and TensorBoard events of one run (process 0; no-ops elsewhere)."""
 
-    def __init__(self, workdir: str, total_steps: int, keep_through_step: int | None):
+    def __init__(self, workdir: str, keep_through_step: int | None):
+        """`keep_through_step`: drop what an earlier launch wrote past this step (a resume);
+        None keeps everything (an evaluation of a finished run)."""
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.total_steps = total_steps
         self.is_writer = jax.process_index() == 0
-        if self.is_writer and keep_through_step is not None:
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= keep_through_step]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-        self.tensorboard = metric_writers.create_default_writer(
-            workdir, just_logging=not self.is_writer, asynchronous=False
-        )
+        self.tensorboard = None
+        if not self.is_writer:
+            return
+        if keep_through_step is not None and os.path.exists(self.path):
+            self._rewrite([r for r in read_metrics(self.path) if r["step"] <= keep_through_step])
+            _purge_tensorboard_after(workdir, keep_through_step)
+        self.tensorboard = metric_writers.SummaryWriter(workdir)
 
-    def _append(self, step: int, values: dict[str, float]) -> None:
-        if self.is_writer:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        """One line of metrics.jsonl and the same scalars in TensorBoard."""
+        if not self.is_writer:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
         self.tensorboard.write_scalars(step, values)
         self.tensorboard.flush()
 
-    def train(self, step: int, values: dict[str, float]) -> None:
-        self._append(step, values)
-        remaining = (self.total_steps - step) / max(step, 1) * values["train/wall_s"]
-        logging.info(
-            "step %d/%d  loss %.4f  top1 %.4f  lr %.4g  %.0f img/s  ETA %s",
-            step,
-            self.total_steps,
-            values["train/loss"],
-            values["train/top1"],
-            values["train/learning_rate"],
-            values["train/images_per_sec"],
-            format_duration(remaining),
-        )
-
-    def eval(self, step: int, values: dict[str, float], replace: bool = False) -> None:
-        """An eval line; `replace` drops an earlier eval line of the same step (eval_only)."""
-        if replace and self.is_writer:
-            kept = [
-                r
-                for r in read_jsonl(self.path)
-                if not (r["step"] == step and any(k.startswith("eval/") for k in r))
-            ]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-        self._append(step, values)
-        logging.info(
-            "eval at step %d: loss %.4f  top1 %.4f  top5 %.4f",
-            step,
-            values["eval/loss"],
-            values["eval/top1"],
-            values["eval/top5"],
-        )
+    def replace_eval(self, step: int, values: dict[str, float]) -> None:
+        """The eval line of `step`, replacing an earlier one (eval_only evaluates again)."""
+        if self.is_writer:
+            self._rewrite(
+                [
+                    r
+                    for r in read_metrics(self.path)
+                    if not (r["step"] == step and any(k.startswith("eval/") for k in r))
+                ]
+            )
+        self.write(step, values)
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

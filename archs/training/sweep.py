@@ -33,7 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-EX_TEMPFAIL = 75
+from archs.training.errors import ConfigError, ExitCode, first_line
+from archs.training.overrides import config_from_overrides, override_args
+
 LAUNCHERS = ("local", "slurm", "submitit_local")
 LOG_NAME = "train.log"
 DONE_NAME = "done.json"
@@ -89,15 +91,6 @@ def _merge(dicts: Sequence[Mapping[str, Any]]) -> Overrides:
     return merged
 
 
-def format_value(value: Any) -> str:
-    """A value as `--config.KEY=VALUE` spells it: sequences as Python tuple literals."""
-    return repr(_as_tuple(value)) if isinstance(value, tuple | list) else str(value)
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, tuple | list) else value
-
-
 def _name_value(value: Any) -> str:
     if isinstance(value, tuple | list):
         return "(" + ",".join(_name_value(v) for v in value) + ")"
@@ -135,8 +128,7 @@ class Run:
     def command(self, train_command: Sequence[str]) -> list[str]:
         """The train.py command line of this run."""
         args = [f"--config={self.base}", f"--workdir={self.workdir}"]
-        args += [f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()]
-        return [*train_command, *args]
+        return [*train_command, *args, *override_args(self.overrides)]
 
     @property
     def finished(self) -> bool:
@@ -254,17 +246,20 @@ def run_local(
 ) -> list[Outcome]:
     """Train `runs` as subprocesses, `parallel` at a time; a run exiting 75 is started again.
 
-    A SIGTERM to the sweep is passed on to the running trainings, which checkpoint; the sweep
-    then exits with 75 as well, and running it again resumes them.
+    A SIGTERM or SIGINT (Ctrl-C) to the sweep is passed on to the running trainings, which
+    checkpoint; the sweep waits for them and exits with 75 or 130 as they do, and running it
+    again resumes them.
     """
     slots = device_slots(visible_gpus(), parallel)
     pending = list(runs)
     requeues = dict.fromkeys((r.name for r in runs), 0)
     active: dict[int, tuple[Run, subprocess.Popen]] = {}
     outcomes: list[Outcome] = []
-    previous_handler = None
+    previous_handlers = {}
     if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, _exit_preempted)
+        for sig in _STOP_EXIT_CODES:
+            previous_handlers[sig] = signal.signal(sig, _raise_stopped)
+    forward = signal.SIGTERM
     try:
         while pending or active:
             for slot in range(parallel):
@@ -278,25 +273,44 @@ def run_local(
                 if code is None:
                     continue
                 del active[slot]
-                if code == EX_TEMPFAIL and requeues[run.name] < max_requeues:
+                if code == ExitCode.PREEMPTED and requeues[run.name] < max_requeues:
                     requeues[run.name] += 1
                     echo(f"requeue {run.name} (preempted, exit {code})")
                     pending.append(run)
                     continue
                 outcomes.append(Outcome(run, code, "" if code == 0 else log_tail(run.log_path)))
-                echo(f"{'done' if code == 0 else 'FAILED'} {run.name} (exit {code})")
+                echo(f"{_ended(code)} {run.name} (exit {code})")
+    except _Stopped as stopped:
+        forward = stopped.signum
+        echo(f"{signal.Signals(forward).name}: waiting for the running trainings to save")
+        raise
     finally:
         for _, proc in active.values():
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(forward)
         for _, proc in active.values():
             proc.wait()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     return outcomes
 
 
-def _exit_preempted(signum: int, frame: Any) -> None:
-    raise SystemExit(EX_TEMPFAIL)
+_STOP_EXIT_CODES = {signal.SIGTERM: ExitCode.PREEMPTED, signal.SIGINT: ExitCode.INTERRUPTED}
+
+
+class _Stopped(SystemExit):
+    """Raised in the sweep's main thread by SIGTERM or SIGINT: exit 75 or 130."""
+
+    def __init__(self, signum: int):
+        super().__init__(_STOP_EXIT_CODES[signum])
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _ended(code: int) -> str:
+    return {0: "done", ExitCode.INTERRUPTED: "interrupted"}.get(code, "FAILED")
 
 
 class TrainJob:
@@ -371,15 +385,34 @@ def run_submitit(
                 outcomes.append(Outcome(run, -1, f"{error}\n{log_tail(run.log_path)}"))
                 echo(f"FAILED {run.name} ({type(error).__name__})")
                 continue
-            if code == EX_TEMPFAIL and requeues[run.name] < max_requeues:
+            if code == ExitCode.PREEMPTED and requeues[run.name] < max_requeues:
                 requeues[run.name] += 1
                 echo(f"requeue {run.name} (preempted, exit {code})")
                 still.append((run, submit(run)))
                 continue
             outcomes.append(Outcome(run, code, "" if code == 0 else log_tail(run.log_path)))
-            echo(f"{'done' if code == 0 else 'FAILED'} {run.name} (exit {code})")
+            echo(f"{_ended(code)} {run.name} (exit {code})")
         active = still
     return outcomes
+
+
+def check_runs(runs: Sequence[Run], echo: Callable[[str], None] = print) -> int:
+    """Every check train.py makes before a run starts, for each run (nothing is written or
+    compiled): one line per run, then the count; 0 when all pass, 2 when some would fail."""
+    from archs.training.plan import plan_run
+
+    failed = 0
+    for run in runs:
+        try:
+            plan = plan_run(config_from_overrides(run.base, run.overrides), str(run.workdir))
+        except ConfigError as error:
+            failed += 1
+            echo(f"FAILS  {run.name}: {first_line(error)}")
+            continue
+        length = f"{plan.total_steps:,} steps" if plan.total_steps else "length unknown"
+        echo(f"ok     {run.name} ({plan.info.name}, {plan.num_params:,} parameters, {length})")
+    echo(f"{len(runs) - failed}/{len(runs)} runs pass the checks")
+    return ExitCode.BAD_INPUT if failed else ExitCode.COMPLETE
 
 
 def run_sweep(
@@ -389,13 +422,15 @@ def run_sweep(
     launcher: str = "local",
     parallel: int = 1,
     dry_run: bool = False,
+    check: bool = False,
     train_command: Sequence[str] = (sys.executable, "train.py"),
     executor_params: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> int:
     """Expand the sweep file `spec` and train its unfinished runs; 0 when every run is done.
 
-    `--dry-run` prints one line per run, `NAME<TAB>OVERRIDES-AS-JSON`, and launches nothing.
+    `--dry-run` prints one line per run, `NAME<TAB>OVERRIDES-AS-JSON`, and launches nothing;
+    `check` runs train.py's checks on every run (`check_runs`) and launches nothing.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}; allowed: {', '.join(LAUNCHERS)}")
@@ -407,6 +442,8 @@ def run_sweep(
         for run in runs:
             echo(f"{run.name}\t{json.dumps(run.overrides)}")
         return 0
+    if check:
+        return check_runs(runs, echo)
     todo = [run for run in runs if not run.finished]
     echo(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to train")
     if launcher == "local":

@@ -1,0 +1,269 @@
+"""A run checked before anything happens: `plan_run(config, workdir)` and the plan it prints.
+
+`plan_run` runs every check that can fail on the input (config values, the model and its
+keywords, devices, the dataset, `init_from`, the workdir) without writing a file or compiling,
+raising a one-line ConfigError for the first problem. The `Plan` it returns holds what the run
+needs to know up front; `describe` is the block `train.py --check` prints and every run shows
+before its first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+import archs
+from archs.training import data, optim, parallel
+from archs.training.checkpoint import flat_state, read_model_state, saved_steps
+from archs.training.config import check_config
+from archs.training.errors import ConfigError, first_line
+
+# A workdir holds one experiment: these may not change when it is run again.
+IDENTITY_KEYS = ("model", "model_kwargs", "dataset")
+# Keys that may change between launches without being worth a warning.
+UNREMARKABLE_KEYS = ("eval_only",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A checked run: everything known before touching the workdir or compiling."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    info: archs.ModelInfo
+    source: data.Source
+    preprocess: data.Preprocess
+    num_classes: int
+    num_params: int
+    eval_batch_size: int
+    init_source: dict[str, np.ndarray] | None  # init_from's model variables, flat by path
+    train_examples: int | None  # None: evaluation only, or a dataset still to be downloaded
+    eval_examples: int | None
+    steps_per_epoch: int | None
+    total_steps: int | None
+    schedule: optax.Schedule | None
+    saved_steps: tuple[int, ...]  # the workdir's checkpoints
+    done: dict[str, Any] | None  # the workdir's done.json
+    changed: tuple[str, ...]  # settings that differ from the workdir's config.json: 'k: a -> b'
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints")
+
+    @property
+    def resume_step(self) -> int:
+        return self.saved_steps[-1] if self.saved_steps else 0
+
+    @property
+    def complete(self) -> bool:
+        """The workdir already holds this run, trained to the end."""
+        return (
+            self.done is not None
+            and self.total_steps is not None
+            and (self.resume_step >= self.total_steps)
+        )
+
+    def create_model(self) -> nnx.Module:
+        c = self.config
+        return archs.create_model(
+            c.model,
+            num_classes=self.num_classes,
+            rngs=nnx.Rngs(c.seed),
+            dtype=jnp.dtype(c.dtype),
+            **c.model_kwargs.to_dict(),
+        )
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _changed_settings(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+    """The workdir's earlier config against this one: identity keys must match; the other
+    differences are returned as 'key: old -> new'."""
+    previous = _read_json(os.path.join(workdir, "config.json"))
+    if previous is None:
+        return ()
+    current = json.loads(config.to_json())
+    for key in IDENTITY_KEYS:
+        if previous.get(key) != current[key]:
+            raise ConfigError(
+                f"workdir {workdir!r} holds a run with {key}={previous.get(key)!r}, not "
+                f"{current[key]!r}; use another workdir"
+            )
+    return tuple(
+        f"{k}: {previous.get(k)!r} -> {current[k]!r}"
+        for k in sorted(current)
+        if k not in UNREMARKABLE_KEYS and previous.get(k) != current[k]
+    )
+
+
+def _check_workdir(workdir: str) -> None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir!r} exists and is not a directory")
+
+
+def _read_init_from(path: str) -> dict[str, np.ndarray]:
+    if not os.path.exists(path):
+        raise ConfigError(f"init_from {path!r} does not exist")
+    try:
+        return read_model_state(path)
+    except Exception as e:  # orbax raises many types for a directory that is not a checkpoint
+        raise ConfigError(
+            f"init_from {path!r} is not a readable checkpoint: {first_line(e)}"
+        ) from None
+
+
+def _check_init_from(path: str, model: str, source: dict, abstract: nnx.Module) -> None:
+    wanted = {k: v.shape for k, v in flat_state(nnx.state(abstract, nnx.Not(nnx.RngState))).items()}
+    if not any(np.shape(v) == wanted.get(k) for k, v in source.items()):
+        raise ConfigError(f"init_from {path!r} matches no variable of {model}")
+
+
+def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
+    """Check the input; raise ConfigError (exit 2) naming the first problem."""
+    check_config(config)
+    try:
+        info = archs.model_info(config.model)
+        archs.registry.check_overrides(config.model, config.model_kwargs.to_dict())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    parallel.check_batch_size("batch_size", config.batch_size, config.grad_accum_steps)
+    eval_batch_size = config.eval_batch_size or config.batch_size
+    parallel.check_batch_size("eval_batch_size", eval_batch_size)
+    _check_workdir(workdir)
+    source = data.open_source(config)
+    init_source = _read_init_from(config.init_from) if config.init_from else None
+    num_classes = config.num_classes or source.num_classes
+
+    def build() -> nnx.Module:
+        return archs.create_model(
+            config.model,
+            num_classes=num_classes,
+            rngs=nnx.Rngs(config.seed),
+            dtype=jnp.dtype(config.dtype),
+            **config.model_kwargs.to_dict(),
+        )
+
+    try:
+        abstract = nnx.eval_shape(build)
+    except ValueError as e:
+        raise ConfigError(first_line(e)) from None
+    if init_source is not None:
+        _check_init_from(config.init_from, config.model, init_source, abstract)
+    changed = _changed_settings(config, workdir)
+    checkpoints = tuple(saved_steps(os.path.join(workdir, "checkpoints")))
+    if config.eval_only and not checkpoints and not config.init_from:
+        raise ConfigError(f"eval_only: no checkpoint in {workdir!r} and no init_from")
+
+    prepared = source.is_folder or source.builder.is_prepared()
+    train_examples = steps_per_epoch = total = schedule = None
+    if not config.eval_only and prepared:
+        train_examples = data.split_size(source, source.train_split)
+        steps_per_epoch = train_examples // config.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"batch_size={config.batch_size} is larger than the training set "
+                f"({train_examples} examples)"
+            )
+        total = config.num_train_steps or max(round(config.num_epochs * steps_per_epoch), 1)
+        schedule = optim.learning_rate_schedule(config, steps_per_epoch, total)
+    return Plan(
+        config=config,
+        workdir=workdir,
+        info=info,
+        source=source,
+        preprocess=data.make_preprocess(config, info),
+        num_classes=num_classes,
+        num_params=sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param))),
+        eval_batch_size=eval_batch_size,
+        init_source=init_source,
+        train_examples=train_examples,
+        eval_examples=data.split_size(source, source.eval_split) if prepared else None,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        schedule=schedule,
+        saved_steps=checkpoints,
+        done=_read_json(os.path.join(workdir, "done.json")),
+        changed=changed,
+    )
+
+
+def _every(steps: int, default: str) -> str:
+    return f"every {steps:,} steps" if steps else default
+
+
+def _optimizer_text(c: ml_collections.ConfigDict) -> str:
+    text = c.optimizer
+    if c.optimizer in ("sgd", "lars") and c.momentum:
+        text += f" momentum {c.momentum:g}" + (" nesterov" if c.nesterov else "")
+    peak = optim.peak_learning_rate(c)
+    text += f", lr {peak:g}"
+    if c.lr_base_batch_size:
+        text += f" ({c.learning_rate:g} x {c.batch_size}/{c.lr_base_batch_size})"
+    text += f", {c.schedule} schedule"
+    if c.schedule == "step":
+        text += f" (x{c.lr_decay_factor:g} at " + ", ".join(f"{b:.0%}" for b in c.lr_boundaries)
+        text += ")"
+    if c.warmup_epochs:
+        text += f", warmup {c.warmup_epochs:g} epochs"
+    text += f", weight decay {c.weight_decay:g}"
+    if c.label_smoothing:
+        text += f", label smoothing {c.label_smoothing:g}"
+    return text
+
+
+def describe(plan: Plan) -> str:
+    """The plan as the block printed before a run's first step (and by `train.py --check`)."""
+    c = plan.config
+    kwargs = c.model_kwargs.to_dict()
+    model = f"{c.model} ({plan.num_params:,} parameters"
+    model += (", " + ", ".join(f"{k}={v}" for k, v in kwargs.items()) if kwargs else "") + ")"
+    devices = jax.device_count()
+    size = plan.preprocess.image_size
+    if plan.train_examples is None:
+        counts = "not prepared yet: it will be downloaded" if not c.eval_only else "evaluation"
+    else:
+        counts = f"{plan.train_examples:,} train / {plan.eval_examples:,} {c.eval_split} examples"
+    lines = [
+        f"run      {model} on {c.dataset}",
+        f"data     {counts}; {size}x{size}, {plan.source.pipeline} pipeline, augment {c.augment}",
+        f"devices  {devices} x {jax.devices()[0].device_kind} ({jax.process_count()} process"
+        f"{'es' if jax.process_count() > 1 else ''}), {c.parallelism}, BatchNorm {c.bn_mode}",
+        f"batch    {c.batch_size:,} global, {c.batch_size // devices:,} per device"
+        + (f", {c.grad_accum_steps} micro-batches" if c.grad_accum_steps > 1 else ""),
+    ]
+    if plan.total_steps is not None:
+        epochs = plan.total_steps / plan.steps_per_epoch
+        lines.append(
+            f"length   {plan.total_steps:,} steps = {epochs:.4g} epochs of "
+            f"{plan.steps_per_epoch:,} steps"
+        )
+    if not c.eval_only:
+        lines.append(f"optim    {_optimizer_text(c)}")
+    lines.append(
+        f"eval     {c.eval_protocol}, {_every(c.eval_every_steps, 'every epoch')}; checkpoints "
+        f"{_every(c.checkpoint_every_steps, 'at each eval')}, keep {c.keep_checkpoints}"
+    )
+    if plan.complete:
+        state = f"complete at step {plan.resume_step:,}"
+    elif plan.saved_steps:
+        state = f"resumes from step {plan.resume_step:,}"
+    else:
+        state = "new run"
+    lines.append(f"workdir  {plan.workdir} ({state})")
+    lines += [f"changed  {change}" for change in plan.changed]
+    return "\n".join(lines)
