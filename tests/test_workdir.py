@@ -95,13 +95,13 @@ def test_other_host_fresh_lock_refused_stale_lock_taken_over(tmp_path):
         assert holder(tmp_path).host == platform.node()
 
 
-def test_same_host_name_after_a_reboot_is_dead(tmp_path):
-    booted = workdir._boot_time()
-    if booted is None:
-        pytest.skip("needs /proc/stat")
-    write_lock(tmp_path, boot_id="an-earlier-boot", heartbeat=booted - 1)
-    assert not holder(tmp_path).alive
-    write_lock(tmp_path, boot_id="another-machine-of-that-name", heartbeat=time.time())
+def test_same_host_name_after_a_reboot_is_dead(tmp_path, monkeypatch):
+    # A host that booted 10 s ago; the holder's heartbeat, 20 s old, is fresh but from before.
+    monkeypatch.setattr(workdir, "_boot_time", lambda: time.time() - 10)
+    write_lock(tmp_path, boot_id="an-earlier-boot", heartbeat=time.time() - 20)
+    found = holder(tmp_path)
+    assert not found.alive and "restarted" in found.reason
+    write_lock(tmp_path, boot_id="another-machine-of-that-name", heartbeat=time.time() - 5)
     assert holder(tmp_path).alive  # judged by its heartbeat
 
 
