@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import operator
+import os
 import statistics
 import sys
 import textwrap
@@ -83,7 +84,7 @@ def load_run(run_dir: Path, with_cost: bool = True) -> RunResult:
     config = _read_config(run_dir / CONFIG_NAME)
     lines = sorted(read_metrics(run_dir / METRICS_NAME), key=lambda line: line["step"])
     result = RunResult(
-        name=run_dir.resolve().name,
+        name=Path(os.path.abspath(run_dir)).name,  # "." named, symlinks not followed
         config=config,
         status=run_status(run_dir),
         summary=summarize(lines),

@@ -132,8 +132,11 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes] | None:
     except ValueError:
         record = None
     if not isinstance(record, dict):
-        record = {"host": "unknown", "pid": 0}
-    record.setdefault("heartbeat", mtime)
+        record = {"host": "unknown"}
+    if not isinstance(record.get("pid"), int):
+        record["pid"] = 0
+    if not isinstance(record.get("heartbeat"), int | float):
+        record["heartbeat"] = mtime
     return record, raw
 
 
@@ -141,7 +144,7 @@ def _judge(record: dict[str, Any]) -> Holder:
     alive, reason = _liveness(record, _this_process(), time.time())
     return Holder(
         host=str(record.get("host")),
-        pid=int(record.get("pid") or 0),
+        pid=record["pid"],
         since=str(record.get("since", "unknown")),
         heartbeat_age_s=max(time.time() - float(record["heartbeat"]), 0.0),
         alive=alive,
@@ -154,7 +157,7 @@ def _liveness(record: dict[str, Any], me: dict[str, Any], now: float) -> tuple[b
     sees_its_pids = same_host and all(
         record.get(key) == me[key] for key in ("boot_id", "pid_namespace")
     )
-    pid = int(record.get("pid") or 0)
+    pid = record["pid"]
     if sees_its_pids and pid > 0:
         try:
             os.kill(pid, 0)
@@ -245,6 +248,7 @@ class WorkdirLock:
             raise ConfigError(f"cannot create workdir {str(self.workdir)!r}: {error}") from None
         for _ in range(5):
             if self._create():
+                self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._beat, name=f"workdir-lock-{self.workdir.name}", daemon=True
                 )
