@@ -40,8 +40,8 @@ from jax.sharding import AxisType, Mesh
 
 import archs
 from archs.training import optim, parallel, steps
-from archs.training.trainer import build_trainer
 from archs.training.config import base_config
+from archs.training.trainer import build_trainer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -33,6 +33,7 @@ from archs.training.metrics import MetricsWriter, record_exit, record_launch, wr
 from archs.training.plan import Plan, describe, plan_run
 from archs.training.runs import read_metrics, summarize
 from archs.training.trainer import Trainer, build_trainer
+from archs.training.workdir import WorkdirLock
 
 COMPLETE, PREEMPTED, INTERRUPTED, EVALUATED = "complete", "preempted", "interrupted", "evaluated"
 EXIT_CODES = {
@@ -98,21 +99,23 @@ class _Outcome:
 
 @contextlib.contextmanager
 def _workdir(plan: Plan, argv: list[str], record: bool) -> Iterator[_Outcome]:
-    """The workdir, held by this run while it is inside; with `record`, config.json and this
+    """The workdir, locked by this run while it is inside; with `record`, config.json and this
     launch in provenance.json, and the launch's exit status when it ends."""
-    os.makedirs(plan.workdir, exist_ok=True)
-    if record:
-        write_json(os.path.join(plan.workdir, "config.json"), plan.config.to_dict())
-        record_launch(plan.workdir, argv)
-    outcome = _Outcome()
-    try:
-        yield outcome
-    except RunError:
+    with WorkdirLock(
+        plan.workdir, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
         if record:
-            record_exit(plan.workdir, ExitCode.RUN_ERROR)
-        raise
-    if record and outcome.status is not None:
-        record_exit(plan.workdir, EXIT_CODES[outcome.status])
+            write_json(os.path.join(plan.workdir, "config.json"), plan.config.to_dict())
+            record_launch(plan.workdir, argv)
+        outcome = _Outcome()
+        try:
+            yield outcome
+        except RunError:
+            if record:
+                record_exit(plan.workdir, ExitCode.RUN_ERROR)
+            raise
+        if record and outcome.status is not None:
+            record_exit(plan.workdir, EXIT_CODES[outcome.status])
 
 
 def _complete_line(done: dict[str, Any]) -> str:
@@ -326,10 +329,10 @@ class _Run:
         """done.json: the final and best evaluation, where the best checkpoint is, the speed."""
         self.checkpoints.wait()
         summary = summarize(read_metrics(os.path.join(self.plan.workdir, "metrics.jsonl")))
-        best = summary.get("best_step")
+        best = summary.best_step
         best_dir = os.path.join(self.plan.checkpoint_dir, str(best)) if best else None
         done = {
-            **summary,
+            **summary.done_fields(),
             "step": self.step,
             "wall_s": self.clock.wall_s,
             "best_checkpoint": best_dir if best_dir and os.path.isdir(best_dir) else None,

@@ -26,7 +26,7 @@ from clu import metric_writers
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from archs.training.runs import read_metrics
+from archs.training.runs import PROVENANCE_NAME, read_launches, read_metrics
 
 PACKAGES = (
     "jax",
@@ -41,7 +41,6 @@ PACKAGES = (
     "numpy",
     "ml-collections",
 )
-PROVENANCE = "provenance.json"
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -89,21 +88,10 @@ def launch_record(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def read_launches(workdir: str) -> list[dict[str, Any]]:
-    """The launches recorded in a workdir's provenance.json, oldest first (a file of the
-    earlier one-launch format counts as one launch)."""
-    path = os.path.join(workdir, PROVENANCE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        record = json.load(f)
-    return record.get("launches", [record])
-
-
 def record_launch(workdir: str, argv: list[str]) -> None:
     """Append this launch to provenance.json."""
     launches = [*read_launches(workdir), launch_record(argv)]
-    write_json(os.path.join(workdir, PROVENANCE), {"launches": launches})
+    write_json(os.path.join(workdir, PROVENANCE_NAME), {"launches": launches})
 
 
 def record_exit(workdir: str, status: int) -> None:
@@ -111,7 +99,7 @@ def record_exit(workdir: str, status: int) -> None:
     launches = read_launches(workdir)
     if launches:
         launches[-1]["exit_status"] = int(status)
-        write_json(os.path.join(workdir, PROVENANCE), {"launches": launches})
+        write_json(os.path.join(workdir, PROVENANCE_NAME), {"launches": launches})
 
 
 def _purge_tensorboard_after(logdir: str, step: int) -> None:

@@ -27,6 +27,7 @@ from archs.training import data, optim, parallel
 from archs.training.checkpoint import flat_state, read_model_state, saved_steps
 from archs.training.config import check_config
 from archs.training.errors import ConfigError, first_line
+from archs.training.workdir import check_free
 
 # A workdir holds one experiment: these may not change when it is run again.
 IDENTITY_KEYS = ("model", "model_kwargs", "dataset")
@@ -113,7 +114,8 @@ def _changed_settings(config: ml_collections.ConfigDict, workdir: str) -> tuple[
 
 def _check_workdir(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"workdir {workdir!r} exists and is not a directory")
+        raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
+    check_free(workdir)
 
 
 def _read_init_from(path: str) -> dict[str, np.ndarray]:

@@ -1,11 +1,13 @@
-"""Compare the runs of a sweep: `python -m archs.training.report DIR`.
+"""Compare runs: `python -m archs.training.report DIR`, DIR a sweep's --workdir or one run's.
 
-Reads every run directory under DIR (`config.json`, `metrics.jsonl`, `done.json`), prints a
-markdown table of the settings that differ between runs, params and GMACs (archs.summary, at
-the run's image size), best and final eval top-1/top-5, steps, wall time and images/s, and,
-when runs differ only by `seed`, a second table with mean +- std over seeds. Writes
-DIR/report.csv (one row per run) and PNG plots: eval top-1 and train loss against step (seed
-groups as a mean line with a min-max band), and final top-1 against params and against GMACs.
+Reads every run directory (one holding `config.json`) under DIR, or DIR itself when it is one,
+in whatever state it is (done, running, preempted, interrupted, failed, stopped, not started:
+archs.training.runs) with the metrics it has so far. Prints a markdown table of the settings
+that differ between runs, each run's state, params and GMACs (archs.summary, at the run's image
+size), best and final eval top-1/top-5 and the best step, steps, wall time and images/s, and,
+when runs differ only by `seed`, a second table with mean +- std over seeds (of finished runs).
+Writes DIR/report.csv (one row per run) and PNG plots: eval top-1 and train loss against step
+(seed groups as a mean line with a min-max band), and final top-1 against params and GMACs.
 """
 
 from __future__ import annotations
@@ -15,82 +17,92 @@ import csv
 import dataclasses
 import functools
 import json
+import operator
+import os
 import statistics
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from archs.training.runs import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    RunStatus,
+    RunSummary,
+    read_metrics,
+    run_status,
+    summarize,
+)
+
 SEED_KEY = "seed"
+# Legend labels are wrapped at this many characters (the legend sits right of the axes).
+_LABEL_WIDTH = 36
 
 
 @dataclasses.dataclass
 class RunResult:
-    """One run's settings and what it measured (fractions for accuracies, None when absent)."""
+    """One run: its settings, its state, what it measured, and its model's size."""
 
     name: str
     config: dict[str, Any]
-    done: bool
-    curve: list[tuple[int, float]]
-    best_top1: float | None = None
-    final_top1: float | None = None
-    best_top5: float | None = None
-    final_top5: float | None = None
-    steps: int = 0
-    wall_s: float | None = None
-    images_per_sec: float | None = None
+    status: RunStatus
+    summary: RunSummary
+    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    train_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     params: int | None = None
     gmacs: float | None = None
-    train_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts as dotted keys: `{"a": {"b": 1}}` -> `{"a.b": 1}`.
 
-    Lists become tuples, so values can be compared and hashed.
+    An empty dict holds no setting and is left out (a run with `model_kwargs={}` and one with
+    `model_kwargs.x=1` differ by `model_kwargs.x` only); lists become tuples, so values can be
+    compared and hashed.
     """
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+            flat[f"{prefix}{key}"] = _hashable(value)
     return flat
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The lines of a metrics.jsonl, in step order (a torn last line is skipped)."""
-    if not path.exists():
-        return []
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return sorted(lines, key=lambda line: line.get("step", 0))
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple((k, _hashable(v)) for k, v in value.items())
+    return value
 
 
-def summarize_run(name: str, config: dict[str, Any], metrics: list[dict], done: bool) -> RunResult:
-    """Best/final eval accuracy, steps, wall time and median throughput of one run."""
-    evals = [m for m in metrics if "eval/top1" in m]
-    top5 = [m["eval/top5"] for m in evals if "eval/top5" in m]
-    walls = [m["train/wall_s"] for m in metrics if "train/wall_s" in m]
-    speeds = [m["train/images_per_sec"] for m in metrics if "train/images_per_sec" in m]
-    return RunResult(
-        name=name,
+def load_run(run_dir: Path, with_cost: bool = True) -> RunResult:
+    """The run in `run_dir` (a directory holding config.json), whatever state it is in."""
+    config = _read_config(run_dir / CONFIG_NAME)
+    lines = sorted(read_metrics(run_dir / METRICS_NAME), key=lambda line: line["step"])
+    result = RunResult(
+        name=Path(os.path.abspath(run_dir)).name,  # "." named, symlinks not followed
         config=config,
-        done=done,
-        curve=[(m["step"], m["eval/top1"]) for m in evals],
-        best_top1=max((m["eval/top1"] for m in evals), default=None),
-        final_top1=evals[-1]["eval/top1"] if evals else None,
-        best_top5=max(top5, default=None),
-        final_top5=top5[-1] if top5 else None,
-        steps=max((m.get("step", 0) for m in metrics), default=0),
-        wall_s=max(walls, default=None),
-        images_per_sec=statistics.median(speeds) if speeds else None,
-        train_curve=[(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m],
+        status=run_status(run_dir),
+        summary=summarize(lines),
+        curve=[(m["step"], m["eval/top1"]) for m in lines if "eval/top1" in m],
+        train_curve=[(m["step"], m["train/loss"]) for m in lines if "train/loss" in m],
     )
+    if with_cost:
+        result.params, result.gmacs = _cost_of(config)
+    return result
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"report: settings of {path.parent.name} unreadable: {error}", file=sys.stderr)
+        return {}
+    return flatten(config) if isinstance(config, dict) else {}
 
 
 @functools.cache
@@ -121,27 +133,27 @@ def _cost_of(config: Mapping[str, Any]) -> tuple[int | None, float | None]:
             config.get("num_classes") or None,  # 0: the model's default
             config.get("image_size") or None,
         )
-    except ValueError as error:  # an unknown model or override: report the rest of the run
+    except (ValueError, TypeError) as error:  # an unknown model or override: report the rest
         print(f"report: no params/GMACs for {config['model']}: {error}", file=sys.stderr)
         return None, None
 
 
-def load_runs(sweep_dir: str | Path, with_cost: bool = True) -> list[RunResult]:
-    """Every run directory (one holding config.json) under `sweep_dir`, sorted by name."""
-    results = []
-    for config_path in sorted(Path(sweep_dir).glob("*/config.json")):
-        run_dir = config_path.parent
-        config = flatten(json.loads(config_path.read_text()))
-        result = summarize_run(
-            run_dir.name,
-            config,
-            read_metrics(run_dir / "metrics.jsonl"),
-            (run_dir / "done.json").exists(),
-        )
-        if with_cost:
-            result.params, result.gmacs = _cost_of(config)
-        results.append(result)
-    return results
+def run_dirs(path: str | Path) -> list[Path]:
+    """`path` itself when it is a run's workdir (it holds config.json), else the run
+    directories under it (a sweep's --workdir), sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no such directory: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory (give a sweep's or a run's workdir)")
+    if (path / CONFIG_NAME).is_file():
+        return [path]
+    return sorted(config.parent for config in path.glob(f"*/{CONFIG_NAME}"))
+
+
+def load_runs(path: str | Path, with_cost: bool = True) -> list[RunResult]:
+    """Every run of the sweep directory `path`, or the single run `path` is the workdir of."""
+    return [load_run(run_dir, with_cost) for run_dir in run_dirs(path)]
 
 
 def varied_keys(results: Sequence[RunResult]) -> list[str]:
@@ -174,15 +186,17 @@ def _fmt(value: Any, kind: str = "") -> str:
 
 
 _METRICS = (
+    ("state", "status", ""),
     ("params", "params", "int"),
     ("GMACs", "gmacs", ".4g"),
-    ("best top-1 %", "best_top1", "pct"),
-    ("final top-1 %", "final_top1", "pct"),
-    ("best top-5 %", "best_top5", "pct"),
-    ("final top-5 %", "final_top5", "pct"),
-    ("steps", "steps", "int"),
-    ("wall s", "wall_s", ".0f"),
-    ("images/s", "images_per_sec", ".0f"),
+    ("best top-1 %", "summary.best_top1", "pct"),
+    ("best step", "summary.best_step", "int"),
+    ("final top-1 %", "summary.final_top1", "pct"),
+    ("best top-5 %", "summary.best_top5", "pct"),
+    ("final top-5 %", "summary.final_top5", "pct"),
+    ("steps", "summary.steps", "int"),
+    ("wall s", "summary.wall_s", ".0f"),
+    ("images/s", "summary.images_per_sec", ".0f"),
 )
 
 
@@ -194,10 +208,10 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def run_table(results: Sequence[RunResult], keys: Sequence[str]) -> tuple[list[str], list[list]]:
     """Header and raw rows (one per run) for the CSV and the markdown table."""
-    header = ["run", *keys, *(label for label, _, _ in _METRICS), "done"]
+    header = ["run", *keys, *(label for label, _, _ in _METRICS)]
+    getters = [operator.attrgetter(attr) for _, attr, _ in _METRICS]
     rows = [
-        [r.name, *(r.config.get(k) for k in keys), *(getattr(r, a) for _, a, _ in _METRICS), r.done]
-        for r in results
+        [r.name, *(r.config.get(k) for k in keys), *(get(r) for get in getters)] for r in results
     ]
     return header, rows
 
@@ -205,7 +219,7 @@ def run_table(results: Sequence[RunResult], keys: Sequence[str]) -> tuple[list[s
 def runs_markdown(results: Sequence[RunResult], keys: Sequence[str]) -> str:
     """The per-run markdown table."""
     header, rows = run_table(results, keys)
-    kinds = [""] * (1 + len(keys)) + [kind for _, _, kind in _METRICS] + [""]
+    kinds = [""] * (1 + len(keys)) + [kind for _, _, kind in _METRICS]
     cells = [[_fmt(v, k) for v, k in zip(row, kinds, strict=True)] for row in rows]
     return _markdown(header, cells)
 
@@ -220,17 +234,20 @@ def _mean_std(values: Sequence[float | None], scale: float = 100.0) -> str:
 
 
 def seed_markdown(groups: Mapping[tuple, Sequence[RunResult]]) -> str:
-    """Mean ± sample std over seeds of each group's accuracies."""
+    """Mean ± sample std over seeds of each group's accuracies, over its finished runs only
+    (`seeds` says how many of its runs are done when not all are)."""
     settings = [k for k, _ in next(iter(groups))]
     header = [*settings, "seeds", "params", "GMACs", "best top-1 %", "final top-1 %"]
     header += ["best top-5 %", "final top-5 %"]
     rows = []
     for key, runs in groups.items():
         first = runs[0]
-        row = [_fmt(v) for _, v in key] + [str(len(runs)), _fmt(first.params, "int")]
+        done = [r for r in runs if r.status.state == "done"]
+        seeds = str(len(runs)) if len(done) == len(runs) else f"{len(done)} of {len(runs)} done"
+        row = [_fmt(v) for _, v in key] + [seeds, _fmt(first.params, "int")]
         row.append(_fmt(first.gmacs, ".4g"))
         for attr in ("best_top1", "final_top1", "best_top5", "final_top5"):
-            row.append(_mean_std([getattr(r, attr) for r in runs]))
+            row.append(_mean_std([getattr(r.summary, attr) for r in done]))
         rows.append(row)
     return _markdown(header, rows)
 
@@ -244,8 +261,22 @@ def write_csv(path: Path, results: Sequence[RunResult], keys: Sequence[str]) -> 
         writer.writerows([["" if v is None else v for v in row] for row in rows])
 
 
-def _label(key: tuple) -> str:
-    return ",".join(f"{k.removeprefix('model_kwargs.')}={v}" for k, v in key) or "run"
+def _label(key: tuple, runs: Sequence[RunResult]) -> str:
+    """A group's legend label: its settings (wrapped), then the states of runs not done."""
+    text = ", ".join(f"{k.removeprefix('model_kwargs.')}={_fmt(v)}" for k, v in key) or runs[0].name
+    unfinished = sorted({str(r.status) for r in runs if r.status.state != "done"})
+    if unfinished:
+        text += f" [{', '.join(unfinished)}]"
+    return textwrap.fill(text, _LABEL_WIDTH, break_on_hyphens=False)
+
+
+def _finish_axes(ax, empty_text: str) -> None:
+    """A legend right of the axes (long labels leave the plot its size), or a note when there
+    is nothing to plot yet."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.text(0.5, 0.5, empty_text, transform=ax.transAxes, ha="center", va="center")
 
 
 def _plot_curves(groups, attr: str, scale: float, ylabel: str, path: Path) -> Path:
@@ -260,12 +291,14 @@ def _plot_curves(groups, attr: str, scale: float, ylabel: str, path: Path) -> Pa
             continue
         # Seeds are compared at the steps every one of them logged.
         steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        if not steps:
+            continue
         values = np.array([[dict(c)[s] for s in steps] for c in curves]) * scale
-        (line,) = ax.plot(steps, values.mean(0), marker=".", label=_label(key))
+        (line,) = ax.plot(steps, values.mean(0), marker=".", label=_label(key, runs))
         if len(curves) > 1:
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="step", ylabel=ylabel, title=f"{ylabel} (band: min-max over seeds)")
-    ax.legend(fontsize="small")
+    _finish_axes(ax, f"no {ylabel} logged yet")
     return _save(fig, path)
 
 
@@ -283,13 +316,17 @@ def plot(groups: Mapping[tuple, Sequence[RunResult]], out_dir: Path) -> list[Pat
     ]
     for attr, label in (("params", "parameters"), ("gmacs", "GMACs")):
         fig, ax = plt.subplots(figsize=(6, 4.5))
+        xs = []
         for key, runs in groups.items():
-            points = [(getattr(r, attr), 100 * r.final_top1) for r in runs]
-            points = [(x, y) for x, y in points if x is not None and y is not None]
+            points = [(getattr(r, attr), r.summary.final_top1) for r in runs]
+            points = [(x, 100 * y) for x, y in points if x is not None and y is not None]
             if points:
-                ax.scatter(*zip(*points, strict=True), label=_label(key))
-        ax.set(xlabel=label, ylabel="final eval top-1 %", xscale="log")
-        ax.legend(fontsize="small")
+                ax.scatter(*zip(*points, strict=True), label=_label(key, runs))
+                xs += [x for x, _ in points]
+        ax.set(xlabel=label, ylabel="final eval top-1 %")
+        if xs and max(xs) >= 10 * min(xs) > 0:  # a log axis for sizes an order of magnitude apart
+            ax.set_xscale("log")
+        _finish_axes(ax, f"no run with {label} and an eval result yet")
         paths.append(_save(fig, out_dir / f"top1_vs_{attr}.png"))
     return paths
 
@@ -297,40 +334,43 @@ def plot(groups: Mapping[tuple, Sequence[RunResult]], out_dir: Path) -> list[Pat
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def report(sweep_dir: str | Path, *, plots: bool = True, with_cost: bool = True) -> str:
-    """The markdown report of `sweep_dir`; writes report.csv and the plots beside the runs."""
-    sweep_dir = Path(sweep_dir)
-    results = load_runs(sweep_dir, with_cost=with_cost)
+def report(path: str | Path, *, plots: bool = True, with_cost: bool = True) -> str:
+    """The markdown report of the sweep (or single run) in `path`; writes report.csv and the
+    plots into `path`."""
+    path = Path(path)
+    results = load_runs(path, with_cost=with_cost)
     if not results:
-        raise ValueError(f"no runs (directories with a config.json) under {sweep_dir}")
+        raise ValueError(f"no runs (directories with a {CONFIG_NAME}) in or under {path}")
     keys = varied_keys(results)
-    write_csv(sweep_dir / "report.csv", results, keys)
+    write_csv(path / "report.csv", results, keys)
     text = runs_markdown(results, keys)
     groups = group_by_seed(results, keys)
     if SEED_KEY in keys and any(len(runs) > 1 for runs in groups.values()):
         text += "\n\nMean ± std over seeds:\n\n" + seed_markdown(groups)
     if plots:
-        plot(groups, sweep_dir)
+        plot(groups, path)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="a sweep's --workdir")
+    parser.add_argument("path", help="a sweep's --workdir, or one run's workdir")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-cost", action="store_true", help="skip counting params and GMACs")
     args = parser.parse_args(argv)
     try:
-        print(report(args.sweep_dir, plots=not args.no_plots, with_cost=not args.no_cost))
+        print(report(args.path, plots=not args.no_plots, with_cost=not args.no_cost))
     except ValueError as error:
         print(f"report: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. a sweep directory one may read but not write
+        print(f"report: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

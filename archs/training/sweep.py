@@ -35,6 +35,7 @@ from typing import Any
 
 from archs.training.errors import ConfigError, ExitCode, first_line
 from archs.training.overrides import config_from_overrides, override_args
+from archs.training.runs import run_status
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
 LOG_NAME = "train.log"
@@ -403,6 +404,10 @@ def check_runs(runs: Sequence[Run], echo: Callable[[str], None] = print) -> int:
 
     failed = 0
     for run in runs:
+        status = run_status(run.workdir)
+        if status.state == "running":
+            echo(f"running {run.name} ({status.holder.describe()})")
+            continue
         try:
             plan = plan_run(config_from_overrides(run.base, run.overrides), str(run.workdir))
         except ConfigError as error:
@@ -444,8 +449,13 @@ def run_sweep(
         return 0
     if check:
         return check_runs(runs, echo)
-    todo = [run for run in runs if not run.finished]
-    echo(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to train")
+    unfinished = [run for run in runs if not run.finished]
+    running = [run for run in unfinished if _running_elsewhere(run, echo)]
+    todo = [run for run in unfinished if run not in running]
+    echo(
+        f"{len(runs)} runs, {len(runs) - len(unfinished)} finished, {len(running)} running "
+        f"elsewhere, {len(todo)} to train"
+    )
     if launcher == "local":
         outcomes = run_local(todo, parallel=parallel, train_command=train_command, echo=echo)
     else:
@@ -458,12 +468,23 @@ def run_sweep(
             executor_params=executor_params,
             echo=echo,
         )
-    failed = [o for o in outcomes if o.returncode != 0 or not o.run.finished]
+    # A run whose lock another launch took meanwhile exits 2 and is running, not failed.
+    running += [o.run for o in outcomes if not o.run.finished and _running_elsewhere(o.run, echo)]
+    failed = [o for o in outcomes if not o.run.finished and o.run not in running]
     for outcome in failed:
         run = outcome.run
         why = f"exit {outcome.returncode}" if outcome.returncode else "exit 0 without done.json"
         echo(f"--- FAILED {run.name}: {why}, log {run.log_path}")
         if outcome.log_tail:
             echo(outcome.log_tail)
-    echo(f"{len(runs) - len(todo) + len(outcomes) - len(failed)}/{len(runs)} runs finished")
+    finished = sum(run.finished for run in runs)
+    echo(f"{finished}/{len(runs)} runs finished, {len(running)} running elsewhere")
     return 1 if failed else 0
+
+
+def _running_elsewhere(run: Run, echo: Callable[[str], None]) -> bool:
+    """Whether another process holds the run's workdir (a launch of this sweep still going)."""
+    status = run_status(run.workdir)
+    if status.state == "running":
+        echo(f"running elsewhere {run.name} ({status.holder.describe()})")
+    return status.state == "running"
