@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
+    if _CHECK.value and not flags.FLAGS["verbosity"].present:
         console.quiet_library_logs()
     params = {
         "timeout_min": _TIMEOUT.value,

@@ -15,11 +15,9 @@ Several processes (one per host or per GPU) join through `jax.distributed`: dete
 SLURM, Open MPI and Cloud TPU, or given as --coordinator_address, --num_processes, --process_id.
 """
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 
 from archs.training import console
 from archs.training.errors import ConfigError, ExitCode, RunError, first_line
@@ -53,17 +51,9 @@ def _parse(argv: list[str]) -> list[str]:
     return rest
 
 
-class _QuietCheckpointing(logging.Filter):
-    """Drop orbax's per-save INFO records, which would bury the progress lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         console.quiet_library_logs()
-    absl_logging.get_absl_handler().addFilter(_QuietCheckpointing())
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from archs.training import EXIT_CODES, plan, train_and_evaluate

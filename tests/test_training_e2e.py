@@ -49,8 +49,13 @@ def test_run_writes_the_contracted_files(baseline):
     assert all(set(r) == {"step", "eval/loss", "eval/top1", "eval/top5"} for r in evals)
     done = json.loads((baseline / "done.json").read_text())
     assert done["step"] == 20 and done["eval/top1"] == evals[-1]["eval/top1"]
-    prov = json.loads((baseline / "provenance.json").read_text())
-    assert prov["device_count"] >= 1 and "jax" in prov["packages"]
+    best = max(evals, key=lambda r: r["eval/top1"])
+    assert (done["best_step"], done["best_eval/top1"]) == (best["step"], best["eval/top1"])
+    assert done["best_checkpoint"] == str(baseline / "checkpoints" / str(best["step"]))
+    (launch,) = json.loads((baseline / "provenance.json").read_text())["launches"]
+    assert launch["device_count"] >= 1 and "jax" in launch["packages"]
+    assert launch["exit_status"] == 0
+    assert not (baseline / "lock.json").exists()
     # last 2 kept (15, 20) plus the best by eval top-1 (10 or 20).
     kept = sorted(int(p.name) for p in (baseline / "checkpoints").iterdir() if p.name.isdigit())
     assert kept[-2:] == [15, 20] and len(kept) <= 3

@@ -152,8 +152,22 @@ def tree_digest(path):
     return h.hexdigest()
 
 
+def _slow_eval_batches(delay: float) -> None:
+    from archs.training import data
+
+    batches = data.EvalData.batches
+
+    def slow_batches(self):
+        for batch in batches(self):
+            time.sleep(delay)
+            yield batch
+
+    data.EvalData.batches = slow_batches
+
+
 def _main() -> None:
-    """train.py under mock data with the tiny model (TINY_STEP_SLEEP slows each batch)."""
+    """train.py under mock data with the tiny model (TINY_STEP_SLEEP slows each train batch,
+    TINY_EVAL_SLEEP each eval batch)."""
     from absl import app
 
     sys.path.insert(0, str(ROOT))
@@ -169,6 +183,8 @@ def _main() -> None:
             return batch_at(self, step)
 
         data.TrainData.batch_at = slow_batch_at
+    if os.environ.get("TINY_EVAL_SLEEP"):
+        _slow_eval_batches(float(os.environ["TINY_EVAL_SLEEP"]))
     with mock_datasets():
         app.run(train.main, flags_parser=train._parse)
 

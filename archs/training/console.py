@@ -15,14 +15,29 @@ import time
 import jax
 from absl import logging as absl_logging
 
+# Libraries whose warnings (retries, deprecations, per-save notes) are noise in a run's story.
+LIBRARY_PATHS = ("/tensorflow/", "/tensorflow_datasets/", "/orbax/", "/urllib3/", "/jax/", "/clu/")
+
+
+class _LibraryNoise(logging.Filter):
+    """Drops records below ERROR logged from inside the libraries of LIBRARY_PATHS."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(
+            part in record.pathname for part in LIBRARY_PATHS
+        )
+
 
 def quiet_library_logs() -> None:
-    """Warnings and errors only from absl, TensorFlow and the libraries logging through them.
-    Call before TensorFlow is imported."""
+    """Only this system's own warnings, and errors, in the log; no progress bars. Call before
+    TensorFlow is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    for name in ("tensorflow", "tensorflow_datasets", "absl", "orbax", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    absl_logging.get_absl_handler().addFilter(_LibraryNoise())
+    logging.getLogger().addFilter(_LibraryNoise())
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
 
 
 def say(text: str) -> None:

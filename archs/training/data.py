@@ -32,8 +32,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import downloader
 
-from archs.training.config import ConfigError
+from archs.training.errors import ConfigError, RunError, first_line
 from archs.training.parallel import process_rows
 
 HostBatch = dict[str, np.ndarray]
@@ -47,6 +48,7 @@ PCA_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 _READ_BATCH = 1024
+DOWNLOAD_RETRIES = 2  # per URL, with tfds's backoff of 0.2 s doubling: about a second
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +137,24 @@ def open_source(config: ml_collections.ConfigDict) -> Source:
 
 
 def prepare(source: Source) -> None:
-    """Download and prepare the dataset if it is not (only reached with config.download)."""
-    if not source.is_folder and not source.builder.is_prepared():
+    """Download and prepare the dataset if it is not (config.download). A download that fails
+    (no network) is a one-line RunError after a few seconds: tfds's own retries would take
+    minutes."""
+    if source.is_folder or source.builder.is_prepared():
+        return
+    retries = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = DOWNLOAD_RETRIES
+    try:
         source.builder.download_and_prepare()
+    except Exception as error:  # requests, tfds and the dataset's own code raise many types
+        name = source.builder.name
+        raise RunError(
+            f"could not download {name!r} (no network?): prepare it where the internet is "
+            f"reachable (tfds build {name}) and point TFDS_DATA_DIR or --config.data_dir at it; "
+            f"{first_line(error)}"
+        ) from None
+    finally:
+        downloader.MAX_RETRIES = retries
 
 
 # ----- tf transforms: uint8 image in, uint8 image(s) out -------------------------------------
