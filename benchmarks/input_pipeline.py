@@ -77,7 +77,7 @@ def measure(config: ml_collections.ConfigDict, batches: int) -> dict[str, Any]:
         source,
         config.batch_size,
         config.seed,
-        data.make_preprocess(config, archs.model_info(config.model)),
+        data.make_preprocess(config, archs.model_info(config.model), source),
         config.shuffle_buffer,
     )
     iterator = train.batches(0)

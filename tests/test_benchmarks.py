@@ -24,7 +24,6 @@ from flax import nnx
 import archs
 from archs.resnet import stack_blocks, unstack_blocks
 from archs.summary import abstract_model, count_params, xla_gflops
-from archs.training import loop
 from archs.training.config import ConfigError, base_config, check_config
 from benchmarks import compile as compile_bench
 from benchmarks import flax_example, input_pipeline, scaling, train_step
@@ -230,24 +229,6 @@ def test_speed_overrides_must_be_bools(key):
 
 
 # ----- training options ----------------------------------------------------------------------
-
-
-def test_profile_window_traces_only_the_asked_steps(tmp_path):
-    logdir = str(tmp_path / "profile")
-    with loop.ProfileWindow(logdir, first_step=0, count=2) as profile:
-        for step in range(1, 5):
-            jnp.ones(4).block_until_ready()
-            profile.after_step(step, jnp.ones(()))
-            assert profile.active == (step in (1, 2)), step
-    traces = [f for _, _, files in os.walk(logdir) for f in files if f.endswith(".xplane.pb")]
-    assert len(traces) == 1
-
-
-def test_profile_window_is_off_by_default(tmp_path):
-    with loop.ProfileWindow(str(tmp_path), first_step=5, count=0) as profile:
-        profile.after_step(6, jnp.ones(()))
-        assert not profile.active
-    assert not os.listdir(tmp_path)
 
 
 def test_profile_steps_must_not_be_negative():

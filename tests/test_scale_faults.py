@@ -92,7 +92,8 @@ def eight_devices(tmp_path_factory):
 
 def test_eight_devices_match_one_device(baseline, eight_devices):
     """Sync BatchNorm over the global batch: 8 devices compute what 1 device does."""
-    assert json.loads((eight_devices / "provenance.json").read_text())["device_count"] == 8
+    (launch,) = json.loads((eight_devices / "provenance.json").read_text())["launches"]
+    assert launch["device_count"] == 8
     assert_same_losses(lines(eight_devices), lines(baseline))
 
 
@@ -138,8 +139,8 @@ def test_two_processes_train_the_run_of_one_process(eight_devices, tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
-    provenance = json.loads((workdir / "provenance.json").read_text())
-    assert (provenance["process_count"], provenance["device_count"]) == (2, 8)
+    launch = json.loads((workdir / "provenance.json").read_text())["launches"][0]
+    assert (launch["process_count"], launch["device_count"]) == (2, 8)
     assert sorted(p.name for p in workdir.glob("metrics*")) == ["metrics.jsonl"]
     assert_same_losses(lines(workdir), lines(eight_devices))
     # The 2-process checkpoint resumes in this (single, 1-device) process.

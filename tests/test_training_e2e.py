@@ -15,6 +15,10 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.plugin_event_accumulator import (
+    TENSORS,
+    EventAccumulator,
+)
 from training_support import (
     SMALL,
     cli,
@@ -87,6 +91,14 @@ def test_sigkill_and_resume_is_bitwise_exact(baseline, tmp_path):
     for x, y in zip(ours, theirs, strict=True):
         for key in ("train/loss", "train/top1", "train/learning_rate", "eval/loss", "eval/top1"):
             assert x.get(key) == y.get(key), (x["step"], key)
+    launches = json.loads((tmp_path / "provenance.json").read_text())["launches"]
+    assert [launch["exit_status"] for launch in launches] == [None, 0]  # killed, then complete
+    # TensorBoard too shows each step once: the steps the killed run wrote after its last
+    # checkpoint are dropped by the restart's SessionLog START event.
+    events = EventAccumulator(str(tmp_path), size_guidance={TENSORS: 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("train/loss")] == list(range(1, 21))
+    assert [e.step for e in events.Tensors("eval/top1")] == [10, 20]
 
 
 def test_same_seed_same_losses_other_seed_differs(baseline, tmp_path):

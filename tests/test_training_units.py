@@ -103,7 +103,8 @@ def test_augmentation_of_an_example_does_not_depend_on_the_batch_split():
 
 def _preprocess(**kw):
     c = tiny_config(**kw)
-    return data.make_preprocess(c, type("Info", (), {"image_size": 32, "crop_pct": 1.0})())
+    info = type("Info", (), {"image_size": 32, "crop_pct": 1.0})()
+    return data.make_preprocess(c, info, type("Source", (), {"pipeline": "stream"})())
 
 
 def test_memory_order_is_a_pure_function_of_seed_and_step():

@@ -70,10 +70,10 @@ if TINY not in archs.list_models():
 
 
 @contextlib.contextmanager
-def mock_datasets():
+def mock_datasets(num_examples: int = MOCK_EXAMPLES):
     """tfds mock data; mocked datasets report themselves unprepared, so say they are."""
     with (
-        tfds.testing.mock_data(num_examples=MOCK_EXAMPLES),
+        tfds.testing.mock_data(num_examples=num_examples),
         mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
     ):
         yield

@@ -82,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 0  # 0: batch_size
     c.shuffle_buffer = 16384  # 'stream' pipeline
     c.image_size = 0  # 0: the model's model_info(...).image_size
+    c.input_mean = ()  # per-channel, images in [0, 1]; (): the dataset's (normalization.py)
+    c.input_std = ()
     c.num_classes = 0  # 0: the dataset's
     c.download = False  # let tfds download datasets that are not prepared
 
@@ -141,6 +143,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"{key}={config[key]!r} is not supported; allowed: {', '.join(allowed)}"
             )
+    for key in ("input_mean", "input_std"):
+        values = tuple(config[key])
+        if values and (len(values) != 3 or not all(isinstance(v, int | float) for v in values)):
+            raise ConfigError(f"{key} must be () or three numbers (R, G, B), got {values!r}")
+    if any(v <= 0 for v in config.input_std):
+        raise ConfigError(f"input_std must be positive, got {tuple(config.input_std)!r}")
+    if bool(config.input_mean) != bool(config.input_std):
+        raise ConfigError("set both input_mean and input_std, or neither (the dataset's)")
     if config.parallelism == "pmap" and config.bn_mode != "per_device":
         raise ConfigError(
             f"parallelism='pmap' computes BatchNorm statistics per device; set "

@@ -53,10 +53,12 @@ DOWNLOAD_RETRIES = 2  # per URL, with tfds's backoff of 0.2 s doubling: about a 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """Sizes and options of the host-side transforms (from the config and `model_info`)."""
+    """Sizes and options of the host-side transforms (from the config, `model_info` and the
+    pipeline: `whole_frame` for fixed-size images read into memory, see `base_view`)."""
 
     image_size: int
     crop_pct: float
+    whole_frame: bool
     augment: str
     crop_padding: int
     min_area: float
@@ -187,11 +189,24 @@ def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return _crop(image, top, left, size)
 
 
+def base_view(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
+    """The unaugmented view of an image (float32): what training crops, pads or flips, and what
+    'center' evaluation shows, so that evaluation sees what training saw. With `whole_frame`
+    (fixed-size images, the memory pipeline) the whole image resized to image_size; otherwise
+    the short side resized to floor(image_size / crop_pct) and the center crop
+    (torchvision/timm's evaluation transform, ImageNet's resize-then-crop)."""
+    size = p.image_size
+    if p.whole_frame:
+        return tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
+    return _center_crop(_resize_short(image, math.floor(size / p.crop_pct)), size)
+
+
 def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
     """The evaluation protocol: 'center' (H,W,3); 'ten_crop' and 'multi_scale' (V,H,W,3).
 
-    'center': short side to floor(image_size / crop_pct), center crop (timm/torchvision eval).
-    'ten_crop': the same resize; 4 corners + center and their mirrors (AlexNet, ResNet).
+    'center': `base_view`, the view training starts from.
+    'ten_crop': short side to floor(image_size / crop_pct); 4 corners + center and their
+    mirrors (AlexNet, ResNet).
     'multi_scale': short side to each of `eval_scales`, center crop and its mirror (VGG's
     multi-scale evaluation with crops instead of dense application).
     """
@@ -202,9 +217,9 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
             crop = _center_crop(_resize_short(image, scale), size)
             views += [crop, tf.image.flip_left_right(crop)]
         return _to_uint8(tf.stack(views))
-    resized = _resize_short(image, math.floor(size / p.crop_pct))
     if p.eval_protocol == "center":
-        return _to_uint8(_center_crop(resized, size))
+        return _to_uint8(base_view(image, p))
+    resized = _resize_short(image, math.floor(size / p.crop_pct))
     shape = tf.shape(resized)
     bottom, right = shape[0] - size, shape[1] - size
     corners = [_crop(resized, t, left, size) for t, left in ((0, 0), (0, right), (bottom, 0))]
@@ -261,12 +276,10 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tens
         image = _inception_crop(image, seeds[0], p)
     elif p.augment == "scale_jitter":
         image = _scale_jitter_crop(image, seeds[0], p)
-    elif p.augment == "cifar":
-        image = _pad_crop(image, seeds[0], p)
     else:
-        image = _center_crop(
-            _resize_short(image, math.floor(p.image_size / p.crop_pct)), p.image_size
-        )
+        image = base_view(image, p)
+        if p.augment == "cifar":
+            image = _pad_crop(image, seeds[0], p)
     if p.augment != "none":
         image = _random_flip(image, seeds[1])
     if p.pca_lighting > 0:
@@ -281,7 +294,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _read(source: Source, split: str, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
+def read_split(source: Source, split: str, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """(image, label) pairs of a split; images encoded unless the builder cannot skip decoding."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
     kwargs = {"split": split, "shuffle_files": shuffle_seed is not None, "read_config": read_config}
@@ -291,7 +304,8 @@ def _read(source: Source, split: str, *, shuffle_seed: int | None = None) -> tf.
     return ds.map(lambda ex: (ex["image"], ex["label"]))
 
 
-def _decode(image: tf.Tensor) -> tf.Tensor:
+def decode(image: tf.Tensor) -> tf.Tensor:
+    """An encoded image (string) decoded to uint8 HWC RGB; a decoded one as it is."""
     if image.dtype == tf.string:
         image = tf.io.decode_image(image, channels=3, expand_animations=False)
     return image
@@ -311,7 +325,7 @@ def split_size(source: Source, split: str) -> int:
     try:
         return source.builder.info.splits[split].num_examples
     except KeyError:
-        return _count(_read(source, split))
+        return _count(read_split(source, split))
 
 
 def _to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -335,8 +349,9 @@ class TrainData:
         self.buffer = buffer
         self._arrays = None
         if source.pipeline == "memory":
-            ds = _read(source, source.train_split).map(
-                lambda x, y: (self._fixed_size(_decode(x)), y), num_parallel_calls=tf.data.AUTOTUNE
+            ds = read_split(source, source.train_split).map(
+                lambda x, y: (_to_uint8(base_view(decode(x), preprocess)), y),
+                num_parallel_calls=tf.data.AUTOTUNE,
             )
             self._arrays = _to_numpy(ds)
             self.num_examples = len(self._arrays[1])
@@ -348,12 +363,6 @@ class TrainData:
                 f"batch_size={batch_size} is larger than the training set ({self.num_examples})"
             )
         self._perm_cache: tuple[int, np.ndarray] | None = None
-
-    def _fixed_size(self, image: tf.Tensor) -> tf.Tensor:
-        size = self.preprocess.image_size
-        if image.shape[0] == size and image.shape[1] == size:
-            return image
-        return _to_uint8(tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True))
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
@@ -384,7 +393,7 @@ class TrainData:
     def _stream_epoch(self, epoch: int, skip: int) -> tf.data.Dataset:
         seed = _epoch_seed(self.seed, epoch)
         used = self.steps_per_epoch * self.batch_size
-        ds = _read(self.source, self.source.train_split, shuffle_seed=seed)
+        ds = read_split(self.source, self.source.train_split, shuffle_seed=seed)
         ds = ds.shuffle(self.buffer, seed=seed, reshuffle_each_iteration=False).take(used)
         ds = ds.enumerate().skip(skip).shard(jax.process_count(), jax.process_index())
         p = self.preprocess
@@ -392,7 +401,7 @@ class TrainData:
         def transform(i: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> dict:
             image, label = example
             stateless_seed = tf.stack([tf.constant(seed, tf.int64), i])
-            return {"image": train_transform(_decode(image), stateless_seed, p), "label": label}
+            return {"image": train_transform(decode(image), stateless_seed, p), "label": label}
 
         ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         local = self.batch_size // jax.process_count()
@@ -404,8 +413,8 @@ class EvalData:
 
     def __init__(self, source: Source, batch_size: int, preprocess: Preprocess):
         self.batch_size = batch_size
-        ds = _read(source, source.eval_split).map(
-            lambda x, y: (eval_views(_decode(x), preprocess), y),
+        ds = read_split(source, source.eval_split).map(
+            lambda x, y: (eval_views(decode(x), preprocess), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         self._ds = ds
@@ -440,11 +449,13 @@ class EvalData:
         yield from tfds.as_numpy(ds.batch(self.batch_size // jax.process_count()))
 
 
-def make_preprocess(config: ml_collections.ConfigDict, info) -> Preprocess:
-    """Transforms for a model: sizes from `model_info` unless the config overrides them."""
+def make_preprocess(config: ml_collections.ConfigDict, info, source: Source) -> Preprocess:
+    """Transforms for a model and a dataset: sizes from `model_info` unless the config
+    overrides them."""
     return Preprocess(
         image_size=config.image_size or info.image_size,
         crop_pct=info.crop_pct,
+        whole_frame=source.pipeline == "memory",
         augment=config.augment,
         crop_padding=config.crop_padding,
         min_area=config.min_area,

@@ -175,8 +175,8 @@ class _Run:
             c,
             plan.create_model(),
             schedule=plan.schedule or optax.constant_schedule(0.0),  # eval only: layout only
-            mean=plan.info.mean,
-            std=plan.info.std,
+            mean=tuple(c.input_mean),
+            std=tuple(c.input_std),
             aux_weight=plan.info.aux_weight,
             augment_kind=augment,
             mesh=mesh,

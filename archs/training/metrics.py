@@ -102,13 +102,14 @@ def record_exit(workdir: str, status: int) -> None:
         write_json(os.path.join(workdir, PROVENANCE_NAME), {"launches": launches})
 
 
-def _purge_tensorboard_after(logdir: str, step: int) -> None:
-    """A SessionLog START event at `step + 1`: TensorBoard then drops every event of a step
+def _start_tensorboard_session(logdir: str, step: int) -> None:
+    """A SessionLog START event at `step + 1`, for every launch: TensorBoard takes the first one
+    for the start of the run and each later one for a restart, dropping every event of a step
     past `step` read before it. It goes in an event file of its own, named one second before
-    now so that it sorts after the earlier run's files and before the file of this run."""
+    now so that it sorts after the earlier launches' files and before the file of this one."""
     name = (
         f"events.out.tfevents.{int(time.time()) - 1:010d}.{socket.gethostname()}"
-        f".{os.getpid()}.restart"
+        f".{os.getpid()}.start"
     )
     with open(os.path.join(logdir, name), "wb") as f:
         writer = RecordWriter(f)
@@ -135,9 +136,12 @@ class MetricsWriter:
         self.tensorboard = None
         if not self.is_writer:
             return
-        if keep_through_step is not None and os.path.exists(self.path):
-            self._rewrite([r for r in read_metrics(self.path) if r["step"] <= keep_through_step])
-            _purge_tensorboard_after(workdir, keep_through_step)
+        if keep_through_step is not None:
+            if os.path.exists(self.path):
+                self._rewrite(
+                    [r for r in read_metrics(self.path) if r["step"] <= keep_through_step]
+                )
+            _start_tensorboard_session(workdir, keep_through_step)
         self.tensorboard = metric_writers.SummaryWriter(workdir)
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 import archs
-from archs.training import data, optim, parallel
+from archs.training import data, normalization, optim, parallel
 from archs.training.checkpoint import flat_state, read_model_state, saved_steps
 from archs.training.config import check_config
 from archs.training.errors import ConfigError, first_line
@@ -48,6 +48,7 @@ class Plan:
     num_params: int
     eval_batch_size: int
     init_source: dict[str, np.ndarray] | None  # init_from's model variables, flat by path
+    normalization: str  # where config.input_mean/input_std come from
     train_examples: int | None  # None: evaluation only, or a dataset still to be downloaded
     eval_examples: int | None
     steps_per_epoch: int | None
@@ -112,6 +113,30 @@ def _changed_settings(config: ml_collections.ConfigDict, workdir: str) -> tuple[
     )
 
 
+def _normalization(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    source: data.Source,
+    preprocess: data.Preprocess,
+) -> tuple[ml_collections.ConfigDict, str]:
+    """A copy of `config` with `input_mean`/`input_std` resolved, and where they come from:
+    the config, the run's first launch (its config.json), the dataset's known constants, or
+    computed from the training split."""
+    if config.input_mean:
+        return config, "as configured"
+    previous = _read_json(os.path.join(workdir, "config.json")) or {}
+    if previous.get("input_mean"):
+        mean, std, origin = previous["input_mean"], previous["input_std"], "as first launched"
+    elif known := normalization.known_stats(config.dataset):
+        (mean, std), origin = known
+    else:
+        mean, std = normalization.computed_stats(source, preprocess)
+        origin = f"computed from {config.train_split}"
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.input_mean, resolved.input_std = tuple(mean), tuple(std)
+    return resolved, origin
+
+
 def _check_workdir(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"workdir {workdir!r} is a file, not a directory")
@@ -166,6 +191,8 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         raise ConfigError(first_line(e)) from None
     if init_source is not None:
         _check_init_from(config.init_from, config.model, init_source, abstract)
+    preprocess = data.make_preprocess(config, info, source)
+    config, normalization_source = _normalization(config, workdir, source, preprocess)
     changed = _changed_settings(config, workdir)
     checkpoints = tuple(saved_steps(os.path.join(workdir, "checkpoints")))
     if config.eval_only and not checkpoints and not config.init_from:
@@ -188,11 +215,12 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         workdir=workdir,
         info=info,
         source=source,
-        preprocess=data.make_preprocess(config, info),
+        preprocess=preprocess,
         num_classes=num_classes,
         num_params=sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param))),
         eval_batch_size=eval_batch_size,
         init_source=init_source,
+        normalization=normalization_source,
         train_examples=train_examples,
         eval_examples=data.split_size(source, source.eval_split) if prepared else None,
         steps_per_epoch=steps_per_epoch,
@@ -228,6 +256,10 @@ def _optimizer_text(c: ml_collections.ConfigDict) -> str:
     return text
 
 
+def _triple(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def describe(plan: Plan) -> str:
     """The plan as the block printed before a run's first step (and by `train.py --check`)."""
     c = plan.config
@@ -243,6 +275,7 @@ def describe(plan: Plan) -> str:
     lines = [
         f"run      {model} on {c.dataset}",
         f"data     {counts}; {size}x{size}, {plan.source.pipeline} pipeline, augment {c.augment}",
+        f"input    mean {_triple(c.input_mean)}, std {_triple(c.input_std)} ({plan.normalization})",
         f"devices  {devices} x {jax.devices()[0].device_kind} ({jax.process_count()} process"
         f"{'es' if jax.process_count() > 1 else ''}), {c.parallelism}, BatchNorm {c.bn_mode}",
         f"batch    {c.batch_size:,} global, {c.batch_size // devices:,} per device"

@@ -269,7 +269,7 @@ def test_converted_resnet50_evaluates_through_the_training_eval_path(tmp_path):
     with mock_datasets():
         assert train_and_evaluate(config, str(tmp_path / "eval")) == EVALUATED
         source = data.open_source(config)
-        batches = data.EvalData(source, 8, data.make_preprocess(config, info)).batches()
+        batches = data.EvalData(source, 8, data.make_preprocess(config, info, source)).batches()
         logits, labels = [], []
         for batch in batches:
             x = (batch["image"][batch["mask"]] / 255.0 - np.array(info.mean)) / np.array(info.std)

@@ -1,0 +1,212 @@
+"""What a researcher runs, through the real entry points: dotted model keywords, `--check`,
+every sweep preset, Ctrl-C, a run that is already complete, and what a restart leaves behind
+(provenance, TensorBoard)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import tensorflow_datasets as tfds
+from training_support import ROOT, SMALL, cli, final_model, lines, mock_datasets, small_config
+
+from archs.training import COMPLETE, ConfigError, RunError, sweep, train_and_evaluate
+from archs.training.overrides import load_config
+from archs.training.plan import plan_run
+
+PRESETS = sorted((ROOT / "configs" / "sweeps").glob("[!_]*.py"))
+
+
+def test_model_keywords_are_overridden_from_the_command_line():
+    config = load_config(
+        [
+            "--config=configs/cifar10.py:resnet20",
+            "--config.model_kwargs.attention=se",
+            "--config.model_kwargs.se_reduction=4",
+            "--config.model_kwargs.depths=(1, 1, 1)",
+        ]
+    )
+    assert config.model_kwargs.to_dict() == {
+        "attention": "se",
+        "se_reduction": 4,
+        "depths": (1, 1, 1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config.model_kwargs.atention=se"], "'atention' .* did you mean attention"),
+        (["--config.model_kwargs.se_reduction=four"], "se_reduction='four' .* not of type int"),
+        (["--config.model_kwargs.zero_init_residual=yes"], "not of type bool"),
+        (["--config.lerning_rate=0.2"], "key 'lerning_rate'; did you mean learning_rate"),
+        (["--config.learning_rate=fast"], "could not convert string to float"),
+    ],
+)  # fmt: skip
+def test_a_bad_override_is_one_line_naming_it(args, message, tmp_path):
+    with pytest.raises(ConfigError, match=message) as error, mock_datasets():
+        config = load_config(["--config=configs/cifar10.py:resnet20", *args])
+        config.data_dir = "/nonexistent/tfds"
+        plan_run(config, str(tmp_path / "w"))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "w").exists()
+
+
+def test_check_prints_the_plan_and_writes_nothing(tmp_path):
+    proc = cli(tmp_path / "w", *SMALL, "model_kwargs.width=16", flags=("--check",))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "run      tiny_test (" in out and "width=16" in out
+    assert "length   20 steps = 4 epochs of 5 steps" in out
+    assert "(new run)" in out
+    assert not (tmp_path / "w").exists()
+
+
+def test_check_refuses_a_misspelt_model_keyword_in_one_line(tmp_path):
+    proc = cli(tmp_path / "w", *SMALL, "model_kwargs.widht=16", flags=("--check",))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        "train.py: error: unknown override 'widht' for model 'tiny_test'; did you mean width? "
+        "(allowed: drop_rate, norm, width)"
+    ]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_smoke_preset_passes_train_checks(preset, tmp_path, monkeypatch):
+    """The runs a preset generates are what train.py accepts (parsed by its own parser and
+    checked by its own plan), on mock data shaped like the real datasets."""
+    monkeypatch.chdir(ROOT)
+    out = []
+    with mock_datasets(num_examples=256):
+        status = sweep.run_sweep(
+            f"configs/sweeps/{preset.name}:smoke", tmp_path, check=True, echo=out.append
+        )
+    assert status == 0, "\n".join(out)
+    assert out[-1].startswith(f"{len(out) - 1}/{len(out) - 1} runs pass")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_the_first_run_of_every_smoke_preset_trains_through_train_py(preset, tmp_path):
+    """Two steps of each preset's first run, through the train.py command line it generates."""
+    base, overrides = sweep.load_sweep(str(preset) + ":smoke")
+    run = sweep.expand(base, overrides[:1], tmp_path)[0]
+    short = ["num_train_steps=2", "eval_every_steps=2", "eval_batch_size=40"]
+    args = [a.removeprefix("--config.") for a in run.command([])[2:]] + short
+    proc = cli(tmp_path / run.name, *args, "data_dir=/nonexistent/tfds", config=base)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads((tmp_path / run.name / "done.json").read_text())["step"] == 2
+
+
+def test_a_complete_run_says_so_and_does_nothing(baseline, tmp_path, capsys):
+    workdir = tmp_path / "copy"
+    shutil.copytree(baseline, workdir)
+    before = (workdir / "metrics.jsonl").read_text()
+    with mock_datasets():
+        assert train_and_evaluate(small_config(), str(workdir)) == COMPLETE
+    assert "complete: step 20, eval top-1" in capsys.readouterr().out
+    assert (workdir / "metrics.jsonl").read_text() == before
+    assert len(json.loads((workdir / "provenance.json").read_text())["launches"]) == 1
+
+
+def test_changed_settings_are_named_with_old_and_new_values(baseline):
+    with mock_datasets():
+        plan = plan_run(small_config(learning_rate=0.2, seed=3), str(baseline))
+    assert plan.changed == ("learning_rate: 0.1 -> 0.2", "seed: 0 -> 3")
+
+
+def test_a_failed_download_is_one_line_within_seconds_and_writes_nothing(tmp_path):
+    from tensorflow_datasets.core.download import downloader
+
+    seen = []
+
+    def offline(builder, *args, **kwargs):
+        seen.append(downloader.MAX_RETRIES)
+        raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'\nmore detail")
+
+    config = small_config(data_dir=str(tmp_path / "tfds"), download=True)
+    with (
+        mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", offline),
+        pytest.raises(RunError, match=r"could not download 'cifar10' \(no network\?\)") as error,
+    ):
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert seen == [2] and downloader.MAX_RETRIES == 10  # few retries, restored afterwards
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "w").exists()
+
+
+def _wait_for(condition, proc, timeout=180.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _interrupt(proc) -> tuple[float, str]:
+    """SIGINT; seconds until the process exited, and its stdout."""
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    return time.time() - sent, out
+
+
+def _train_steps(workdir: Path) -> list[int]:
+    if not (workdir / "metrics.jsonl").exists():
+        return []
+    return [r["step"] for r in lines(workdir) if "train/loss" in r]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_and_mid_evaluation_saves_exits_and_resumes_bitwise(baseline, tmp_path):
+    # Ctrl-C between two train steps: the next step boundary saves.
+    proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.3"})
+    _wait_for(lambda: len(_train_steps(tmp_path)) >= 3, proc)
+    seconds, out = _interrupt(proc)
+    assert seconds < 10
+    saved = int(out.strip().splitlines()[-1].split()[2].replace(",", ""))
+    assert out.strip().splitlines()[-1] == f"saved step {saved}; run the same command to resume"
+    assert (tmp_path / "checkpoints" / str(saved)).is_dir() and saved < 10
+
+    # Ctrl-C during the evaluation of step 10 (5 batches of 3 s each): stops within a batch.
+    proc = cli(tmp_path, *SMALL, "eval_batch_size=8", env={"TINY_EVAL_SLEEP": "3"})
+    _wait_for(lambda: 10 in _train_steps(tmp_path), proc)
+    time.sleep(1.0)
+    seconds, out = _interrupt(proc)
+    assert seconds < 10
+    assert out.strip().splitlines()[-1] == "saved step 10; run the same command to resume"
+    assert not [r for r in lines(tmp_path) if "eval/top1" in r]
+
+    # The same command resumes: the step-10 evaluation first, then on to the end.
+    proc = cli(tmp_path, *SMALL, "eval_batch_size=8")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    a, b = final_model(baseline), final_model(tmp_path)
+    assert all((a[k] == b[k]).all() for k in a)
+    ours, theirs = lines(tmp_path), lines(baseline)
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for x, y in zip(ours, theirs, strict=True):
+        for key in ("train/loss", "train/learning_rate", "eval/loss", "eval/top1"):
+            assert x.get(key) == y.get(key), (x["step"], key)
+    launches = json.loads((tmp_path / "provenance.json").read_text())["launches"]
+    assert [launch["exit_status"] for launch in launches] == [130, 130, 0]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "2"})
+    _wait_for(lambda: len(_train_steps(tmp_path)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "second interrupt: exiting without saving" in err
