@@ -210,3 +210,18 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert "second interrupt: exiting without saving" in err
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(baseline, tmp_path):
+    first = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.2"})
+    _wait_for(lambda: len(_train_steps(tmp_path)) >= 2, first)
+    second = cli(tmp_path, *SMALL)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"train.py: error: workdir '{tmp_path}' is in use by pid {first.pid}")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert [r["step"] for r in lines(tmp_path)] == [r["step"] for r in lines(baseline)]
+    assert len(json.loads((tmp_path / "provenance.json").read_text())["launches"]) == 1
