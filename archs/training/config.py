@@ -167,7 +167,8 @@ def check_config(config: ml_collections.ConfigDict, devices: int = 1) -> None:
             f"parallelism='pmap' computes BatchNorm statistics per device; set "
             f"bn_mode='per_device' (got bn_mode={config.bn_mode!r})"
         )
-    if config.warmup_shape == "constant" and config.warmup_epochs and not config.warmup_start_factor:
+    holds_zero = config.warmup_shape == "constant" and not config.warmup_start_factor
+    if holds_zero and config.warmup_epochs:
         raise ConfigError(
             "warmup_shape='constant' holds warmup_start_factor * learning_rate, which is 0; set "
             "warmup_start_factor > 0"
