@@ -16,6 +16,7 @@ of a stack, so a scanned model trains as the unscanned one.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -165,7 +166,7 @@ def _decayed(params: Any) -> Any:
 
 
 def scale_by_layer_trust_ratio(
-    trust_coefficient: float, mask: Any = None
+    trust_coefficient: float, mask: Callable[[Any], Any] | None = None
 ) -> optax.GradientTransformation:
     """optax's LARS trust ratio (You et al. 2017, Algorithm 1) computed per layer: separately
     for each slice of a stacked parameter. `mask(params)` selects the parameters it scales."""
@@ -184,7 +185,7 @@ def scale_by_layer_trust_ratio(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError("the LARS trust ratio needs the parameters: pass them to update")
         adapt = mask(params) if mask else jax.tree.map(lambda _: True, params)
         return jax.tree.map(one, updates, params, stack_depths(params), adapt), state
 
