@@ -6,9 +6,10 @@
 CHECKPOINT is a workdir of this system (its latest checkpoint) or an `archs.convert` output
 (`python -m archs.convert --model resnet50 --from resnet50.pth --out DIR`); variables whose
 shape differs (the classifier, for another num_classes) keep their fresh initialisation.
-Recipe: batch 64, SGD Nesterov momentum 0.9, lr 0.01 (a tenth of training from scratch) with
-cosine decay over 10 epochs, weight decay 1e-4, random-resized crop + flip. Default ARG:
-resnet50,imagenette/320px-v2. Unverified.
+No paper: the recipe is ours (docs/recipes.md): batch 64, SGD Nesterov momentum 0.9, lr 0.01
+(a tenth of training from scratch) with cosine decay over 10 epochs, weight decay 1e-4,
+random-resized crop + flip. Default ARG: resnet50,imagenette/320px-v2. Expected: no reference
+figure; unverified. Time: not measured.
 """
 
 from archs.training.config import base_config

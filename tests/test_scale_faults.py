@@ -331,7 +331,7 @@ IN_PROCESS = [
     ({"dataset": "cifar_ten"}, "unknown dataset"),
     ({"batch_size": 0}, "batch_size must be positive"),
     ({"learning_rate": -0.1}, "learning_rate must be positive"),
-    ({"optimizer": "rmsprop"}, "optimizer='rmsprop'"),
+    ({"optimizer": "adagrad"}, "optimizer='adagrad' is not supported"),
     ({"dtype": "float16"}, "dtype='float16' is not supported"),
     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
     ({"parallelism": "dp"}, "parallelism='dp' is not supported; allowed: jit, pmap"),

@@ -29,7 +29,9 @@ DESIGN_CONFIG_KEYS = {
     "warmup_epochs", "weight_decay", "label_smoothing", "seed", "dtype", "parallelism",
     "bn_mode", "init_from", "eval_only", "log_every_steps", "eval_every_steps",
     "checkpoint_every_steps", "keep_checkpoints",
+    "bn_group_size",  # the 2026-12 contract keys
 }  # fmt: skip
+TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
 
 FAKE_TRAIN = textwrap.dedent(
     """
@@ -286,6 +288,54 @@ def test_preset_overrides_are_design_config_keys(preset):
             top = {key.split(".")[0] for key in run}
             assert top <= DESIGN_CONFIG_KEYS, f"{preset.stem}{arg}: {top - DESIGN_CONFIG_KEYS}"
             assert all(k.count(".") == 0 or k.startswith("model_kwargs.") for k in run)
+
+
+def _preset_config(base: str, run: dict):
+    """The config a preset's run trains with: its base config file and ARG, then the overrides."""
+    path, _, arg = base.partition(":")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    for key, value in run.items():
+        if key.startswith("model_kwargs."):
+            config.model_kwargs[key.split(".", 1)[1]] = value
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_runs_are_valid_configs_with_their_schedules(preset):
+    from archs.training import optim
+    from archs.training.config import check_config
+
+    for arg in ("", ":smoke"):
+        base, runs = sweep.load_sweep(f"{preset}{arg}")
+        for run in runs:
+            config = _preset_config(base, run)
+            check_config(config)
+            steps_per_epoch = TRAIN_EXAMPLES[config.dataset] // config.batch_size
+            total = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
+            optim.learning_rate_schedule(config, steps_per_epoch, total)
+
+
+def test_bn_group_size_sweep_compares_groups_with_the_whole_batch():
+    """Every batch size runs with BatchNorm groups and without, so the arms differ on any
+    number of devices (bn_mode alone does not on one device)."""
+    preset = ROOT / "configs" / "sweeps" / "bn_group_size.py"
+    expected = {
+        "": ("configs/imagenet.py:resnet50,goyal", 32),
+        ":smoke": ("configs/cifar10.py:resnet20,he", 8),
+    }
+    for arg, (expected_base, group) in expected.items():
+        base, runs = sweep.load_sweep(f"{preset}{arg}")
+        assert base == expected_base
+        groups_by_batch: dict[int, set] = {}
+        for run in runs:
+            groups_by_batch.setdefault(run["batch_size"], set()).add(run["bn_group_size"])
+        assert len(groups_by_batch) >= 2
+        assert all(groups == {group, 0} for groups in groups_by_batch.values()), groups_by_batch
 
 
 def test_preset_models_and_overrides_are_registered():

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import (
 )
 from training_support import (
     SMALL,
+    TINY,
     cli,
     final_model,
     lines,
@@ -138,14 +139,30 @@ def test_eval_only_rewrites_the_eval_line_of_the_checkpoint(baseline, tmp_path):
 
 
 def test_init_from_takes_the_body_and_a_fresh_head(baseline, tmp_path):
-    from archs.training import COMPLETE
+    """The state a run starts from holds init_from's body exactly and a freshly initialised
+    head (another num_classes), read before any step."""
+    from flax import nnx
 
-    assert run(tmp_path, init_from=str(baseline), num_classes=5, num_train_steps=1) == COMPLETE
+    import archs
+    from archs.training import EVALUATED, steps
+    from archs.training.checkpoint import flat_state
+
+    with mock.patch.object(steps, "init_state", wraps=steps.init_state) as init_state:
+        status = run(tmp_path, init_from=str(baseline), num_classes=5, eval_only=True)
+    assert status == EVALUATED
+    params, model_state = init_state.call_args.args[:2]
+    start = {**flat_state(params), **flat_state(model_state)}
     source = final_model(baseline)
-    # Step 0 is never saved; one step of lr 0.1 moves the body a little, and the head is new.
-    tuned = final_model(tmp_path)
-    assert tuned["fc/kernel"].shape == (8, 5) != source["fc/kernel"].shape
-    np.testing.assert_allclose(tuned["conv1/conv/kernel"], source["conv1/conv/kernel"], atol=0.05)
+    fresh = archs.create_model(TINY, num_classes=5, rngs=nnx.Rngs(0))
+    fresh_state = flat_state(nnx.state(fresh, nnx.Not(nnx.RngState)))
+    head = {"fc/kernel", "fc/bias"}
+    assert start.keys() == source.keys() == fresh_state.keys()
+    for key in start.keys() - head:
+        np.testing.assert_array_equal(start[key], source[key], err_msg=key)
+    assert start["fc/kernel"].shape == (8, 5) != source["fc/kernel"].shape
+    for key in head:
+        np.testing.assert_array_equal(start[key], fresh_state[key], err_msg=key)
+    assert not np.array_equal(start["conv1/conv/kernel"], fresh_state["conv1/conv/kernel"])
 
 
 def test_stream_pipeline_with_variable_size_images_and_ten_crop(tmp_path):

@@ -15,8 +15,9 @@ import ml_collections
 from archs.training.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("sgd", "adamw", "lars")
-SCHEDULES = ("step", "cosine", "exponential", "constant")
+OPTIMIZERS = ("sgd", "adamw", "lars", "rmsprop")
+SCHEDULES = ("step", "cosine", "exponential", "polynomial", "constant")
+WARMUP_SHAPES = ("linear", "constant")
 PARALLELISMS = ("jit", "pmap")
 BN_MODES = ("sync", "per_device")
 AUGMENTS = ("cifar", "flip", "inception", "scale_jitter", "none")
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Scale and faults (parallel.py, steps.py, loop.py).
     c.grad_accum_steps = 1  # micro-batches per optimizer step (BatchNorm statistics per micro)
+    c.bn_group_size = 0  # ghost BatchNorm: statistics over groups of this many images; 0 = off
     c.skip_nonfinite = False  # skip (and count) updates with a non-finite loss or gradient
 
     # Schedules and optimizers (optim.py).
@@ -63,10 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_boundaries = (0.5, 0.75)  # 'step': fractions of the run where lr *= lr_decay_factor
     c.lr_decay_factor = 0.1
     c.lr_decay_epochs = 0.0  # 'exponential': lr *= lr_decay_factor every this many epochs
-    c.weight_decay_exclude_norm_bias = False
+    c.lr_decay_power = 2.0  # 'polynomial': lr = peak * (1 - t / T) ** this, to 0 at the end
+    c.warmup_shape = "linear"  # 'linear' ramp to the peak, or 'constant' (hold, then the peak)
+    c.warmup_start_factor = 0.0  # warmup starts at this * learning_rate (before batch scaling)
+    c.weight_decay_exclude_norm_bias = False  # no decay on normalisation scales/shifts, biases
     c.lars_trust_coefficient = 0.001
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
+    c.rmsprop_decay = 0.9  # the mean square's decay
+    c.rmsprop_eps = 1.0  # inside the square root, as TensorFlow's RMSProp
 
     # Data (data.py).
     c.train_split = "train"
@@ -93,8 +100,12 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError naming the first bad value (keys, ranges, choices)."""
+def check_config(config: ml_collections.ConfigDict, devices: int = 1) -> None:
+    """Raise ConfigError naming the first bad value (keys, ranges, choices).
+
+    `devices` is the number of devices the batch is split over (`jax.device_count()`); the
+    default 1 checks what holds whatever the count (a run checks again with its count).
+    """
     known = list(base_config().keys())
     for key in sorted(set(config.keys()) - set(known)):
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
@@ -118,6 +129,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "pca_lighting",
         "lr_base_batch_size",
         "profile_steps",
+        "bn_group_size",
+        "warmup_start_factor",
+        "lr_decay_power",
     )
     for key in non_negative:
         if config[key] < 0:
@@ -128,6 +142,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing!r}")
     if not 0.0 <= config.momentum < 1.0:
         raise ConfigError(f"momentum must be in [0, 1), got {config.momentum!r}")
+    if not 0.0 <= config.rmsprop_decay < 1.0:
+        raise ConfigError(f"rmsprop_decay must be in [0, 1), got {config.rmsprop_decay!r}")
+    if not config.rmsprop_eps > 0:
+        raise ConfigError(f"rmsprop_eps must be positive, got {config.rmsprop_eps!r}")
     choices = {
         "dtype": DTYPES,
         "optimizer": OPTIMIZERS,
@@ -137,6 +155,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "augment": AUGMENTS,
         "eval_protocol": EVAL_PROTOCOLS,
         "data_pipeline": PIPELINES,
+        "warmup_shape": WARMUP_SHAPES,
     }
     for key, allowed in choices.items():
         if config[key] not in allowed:
@@ -155,4 +174,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"parallelism='pmap' computes BatchNorm statistics per device; set "
             f"bn_mode='per_device' (got bn_mode={config.bn_mode!r})"
+        )
+    holds_zero = config.warmup_shape == "constant" and not config.warmup_start_factor
+    if holds_zero and config.warmup_epochs:
+        raise ConfigError(
+            "warmup_shape='constant' holds warmup_start_factor * learning_rate, which is 0; set "
+            "warmup_start_factor > 0"
+        )
+    if not config.num_train_steps and config.warmup_epochs > config.num_epochs > 0:
+        raise ConfigError(
+            f"warmup_epochs={config.warmup_epochs!r} is longer than the run "
+            f"(num_epochs={config.num_epochs!r})"
+        )
+    _check_bn_group_size(config, devices)
+
+
+def _check_bn_group_size(config: ml_collections.ConfigDict, devices: int) -> None:
+    """Ghost BatchNorm groups must tile each device's micro-batch."""
+    per_device = config.batch_size // (devices * config.grad_accum_steps)
+    if config.bn_group_size and per_device % config.bn_group_size:
+        raise ConfigError(
+            f"bn_group_size={config.bn_group_size} does not divide each device's micro-batch of "
+            f"{per_device} images (batch_size={config.batch_size} over {devices} device(s) and "
+            f"grad_accum_steps={config.grad_accum_steps}); use a divisor, or 0 for no groups"
         )

@@ -162,7 +162,7 @@ def _check_init_from(path: str, model: str, source: dict, abstract: nnx.Module) 
 
 def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     """Check the input; raise ConfigError (exit 2) naming the first problem."""
-    check_config(config)
+    check_config(config, devices=jax.device_count())
     try:
         info = archs.model_info(config.model)
         archs.registry.check_overrides(config.model, config.model_kwargs.to_dict())

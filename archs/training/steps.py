@@ -154,6 +154,17 @@ def _all_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _advance_schedules(new: optax.OptState, old: optax.OptState) -> optax.OptState:
+    """`old` with the learning-rate schedules' step counts of `new`: a skipped update still
+    advances the schedule, so the lr in use stays schedule(state.step), the logged one."""
+    return jax.tree.map(
+        lambda n, o: n if isinstance(n, optax.ScaleByScheduleState) else o,
+        new,
+        old,
+        is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState),
+    )
+
+
 def make_train_step(
     parts: ModelParts,
     tx: optax.GradientTransformation,
@@ -173,7 +184,8 @@ def make_train_step(
     uses each micro-batch's statistics and updates its running statistics once per micro-batch.
     A non-finite loss, gradient or BatchNorm statistic is recorded in
     `metrics['first_nonfinite']` (the 1-based step);
-    with `skip_nonfinite` that update is dropped and counted in `metrics['skipped']`.
+    with `skip_nonfinite` that update is dropped and counted in `metrics['skipped']` (the
+    learning-rate schedule still advances, as `state.step` does).
     """
 
     def loss_and_grads(params, model_state, images, labels, dropout_key):
@@ -240,7 +252,7 @@ def make_train_step(
             params, opt_state, model_state = jax.tree.map(
                 lambda new, old: jnp.where(finite, new, old),
                 (params, opt_state, model_state),
-                (state.params, state.opt_state, state.model_state),
+                (state.params, _advance_schedules(opt_state, state.opt_state), state.model_state),
             )
         m = state.metrics
         metrics = {
