@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from archs.training import console, sweep
-from archs.training.errors import first_line
+from archs.training.errors import ExitCode, first_line
 
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file with its argument: PATH[:ARG]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory holding one workdir per run")
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         )
     except ValueError as error:
         print(f"sweep.py: error: {first_line(error)}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and 3 when asked to fail.
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 import archs
 from archs.training import sweep
+from archs.training.workdir import WorkdirLock
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "sweeps").glob("[!_]*.py"))
@@ -184,6 +186,22 @@ def test_local_sweep_runs_in_parallel_requeues_and_reports_failures(tmp_path, fa
     assert code == 1 and "4 runs, 3 finished, 1 to train" in out[0]
     assert len(calls(workdir / names[0])) == 2  # not launched again
     assert len(calls(workdir / names[3])) == 2  # the failed run is tried again
+
+
+def test_a_run_held_by_another_launch_is_running_not_failed(tmp_path, fake_train):
+    runs = [{"model": "a"}, {"model": "b"}]
+    spec = write_sweep(tmp_path, runs)
+    held = tmp_path / "sweep" / sweep.run_name(runs[1])
+    out: list[str] = []
+    with WorkdirLock(held):  # this test process is the other launch
+        code = sweep.run_sweep(spec, tmp_path / "sweep", train_command=fake_train, echo=out.append)
+        sweep.run_sweep(spec, tmp_path / "sweep", check=True, echo=out.append)
+    text = "\n".join(out)
+    assert code == 0 and not calls(held)
+    assert "2 runs, 0 finished, 1 running elsewhere, 1 to train" in text
+    assert f"running elsewhere model=b (pid {os.getpid()} on host" in text
+    assert "1/2 runs finished, 1 running elsewhere" in text
+    assert f"running model=b (pid {os.getpid()}" in text and "FAILED" not in text
 
 
 def test_sigterm_to_the_sweep_reaches_its_runs(tmp_path, fake_train):

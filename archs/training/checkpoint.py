@@ -26,7 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from archs.training.errors import RunError
+from archs.training.errors import RunError, first_line
 from archs.training.steps import TrainState
 
 BEST_METRIC = "eval/top1"
@@ -138,7 +138,7 @@ class Checkpoints:
 
     def _quarantine(self, step: int, error: Exception) -> None:
         target = os.path.join(self._quarantine_dir, str(step))
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+        reason = first_line(error)
         logging.warning(
             "checkpoint step %d in %s does not restore (%s); moved to %s, trying an older one",
             step,

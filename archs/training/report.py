@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from archs.training.errors import ExitCode, first_line
 from archs.training.runs import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -366,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(report(args.path, plots=not args.no_plots, with_cost=not args.no_cost))
     except ValueError as error:
-        print(f"report: {error}", file=sys.stderr)
-        return 2
+        print(f"report: error: {first_line(error)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     except OSError as error:  # e.g. a sweep directory one may read but not write
-        print(f"report: {error}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"report: error: {first_line(error)}", file=sys.stderr)
+        return ExitCode.RUN_ERROR
+    return ExitCode.COMPLETE
 
 
 if __name__ == "__main__":

@@ -452,9 +452,9 @@ def run_sweep(
     unfinished = [run for run in runs if not run.finished]
     running = [run for run in unfinished if _running_elsewhere(run, echo)]
     todo = [run for run in unfinished if run not in running]
+    elsewhere = f", {len(running)} running elsewhere" if running else ""
     echo(
-        f"{len(runs)} runs, {len(runs) - len(unfinished)} finished, {len(running)} running "
-        f"elsewhere, {len(todo)} to train"
+        f"{len(runs)} runs, {len(runs) - len(unfinished)} finished{elsewhere}, {len(todo)} to train"
     )
     if launcher == "local":
         outcomes = run_local(todo, parallel=parallel, train_command=train_command, echo=echo)
@@ -478,7 +478,8 @@ def run_sweep(
         if outcome.log_tail:
             echo(outcome.log_tail)
     finished = sum(run.finished for run in runs)
-    echo(f"{finished}/{len(runs)} runs finished, {len(running)} running elsewhere")
+    elsewhere = f", {len(running)} running elsewhere" if running else ""
+    echo(f"{finished}/{len(runs)} runs finished{elsewhere}")
     return 1 if failed else 0
 
 
