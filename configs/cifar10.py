@@ -21,12 +21,12 @@ tabulates each recipe against its paper, hyperparameter by hyperparameter.
   above, resnet20 would take about 9 hours (8.2M images at the measured 247 img/s).
 - `densenet_bc` (Huang et al. 2017, "Densely Connected Convolutional Networks", Sec. 4.2):
   batch 64, 300 epochs, SGD Nesterov momentum 0.9, lr 0.1 divided by 10 at 50% and 75%,
-  weight decay 1e-4, pad-4 crop + flip. Expected densenet_bc_100_12: 95.49% (C10+, Table 2).
-  Unverified.
+  weight decay 1e-4, pad-4 crop + flip. Expected densenet_bc_100_12: 95.49% (C10+, 4.51%
+  error, Table 2). Unverified.
 - `resnext` (Xie et al. 2017, "Aggregated Residual Transformations", Appendix A, CIFAR): batch
   128, 300 epochs, SGD momentum 0.9, lr 0.1 divided by 10 at epochs 150 and 225, weight decay
-  5e-4, pad-4 crop + flip. Expected resnext29_8x64d 96.35%, resnext29_16x64d 96.42% (Table 7).
-  Unverified.
+  5e-4, pad-4 crop + flip. Expected resnext29_8x64d 96.35%, resnext29_16x64d 96.42% (Table 7,
+  mean of 10 runs). Unverified.
 Our CIFAR-10 copy is JPEG-recompressed: compare with the papers only to within a fraction of a
 point.
 """

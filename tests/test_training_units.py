@@ -281,7 +281,7 @@ def test_goyal_recipe_follows_goyal_2017():
     assert c.weight_decay_exclude_norm_bias and c.weight_decay == 1e-4
     assert c.model_kwargs.zero_init_residual is True
     assert c.model_kwargs.fc_init_std == 0.01
-    assert (c.momentum, c.nesterov, c.label_smoothing, c.augment) == (0.9, False, 0, "inception")
+    assert (c.momentum, c.nesterov, c.label_smoothing, c.augment) == (0.9, True, 0, "inception")
     assert optim.peak_learning_rate(c) == pytest.approx(0.1 * 8192 / 256)
     # From eta = 0.1 linearly to 3.2 over 5 epochs; /10 at 30, 60, 80 of 90 epochs.
     lrs = lr_at(c, 156, 0, 2.5, 5, 29.9, 30, 60, 80, 89.9)

@@ -5,8 +5,9 @@ warmup of 5 epochs, ResNet-50 trained with batches up to 8k matches the batch-25
 BatchNorm statistics computed over a fixed small group per worker (n = 32 images) keep the
 training objective the same at every batch size.
 Source: Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017,
-Sec. 2.1-2.3 and 5 (Fig. 1: error flat up to 8k; 23.60 % top-1 error at 256 vs 23.74 % at 8k
-with gradual warmup; BatchNorm over n = 32 images per worker, Sec. 2.3 and 5.1).
+Sec. 2.1-2.3 and 5 (Fig. 1: error flat up to 8k; Table 1: 23.60 % top-1 error at 256 vs
+23.74 % at 8k with gradual warmup; BatchNorm over n = 32 images per worker, Sec. 2.3 and 5.1,
+and "not computed across all workers", Sec. 2.3).
 Expected: with bn_group_size=32, batch_size 256/1024/8192 within about 0.3 % top-1 of each
 other; with bn_group_size=0 (statistics over the whole batch) the larger batches no better,
 likely worse. Every run uses the `goyal` recipe (lr 0.1 per 256 images, 5 warmup epochs);
@@ -20,7 +21,7 @@ Smoke:   python sweep.py --sweep=configs/sweeps/bn_group_size.py:smoke --workdir
 
 from archs.training.sweep import check_arg, product, zip_
 
-BASE_LR = 0.1  # per 256 images (Goyal et al., Sec. 2.1)
+BASE_LR = 0.1  # per 256 images (Goyal et al., Sec. 5.1; the linear scaling rule: Sec. 2.1)
 
 
 def get_sweep(arg=None):

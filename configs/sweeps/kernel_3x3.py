@@ -8,7 +8,8 @@ Recognition", ICLR 2015, Sec. 2.3 (the parameter argument) and Sec. 4.1 (net B a
 shallow net with each pair of 3x3 layers replaced by one 5x5: 7 % higher top-1 error, centre
 crop).
 Expected: vgg13 with its pairs merged into 5x5 convs has more conv parameters and about 7 %
-lower top-1 than vgg13; vgg16 with its triples merged into 7x7 convs likewise against vgg16.
+lower top-1 than vgg13; vgg16 with its triples merged into 7x7 convs likewise against vgg16
+(ours: the paper tests only the net-B pair).
 Smoke: the vgg13 pair on CIFAR-10 for 100 steps.
 Command: python sweep.py --sweep=configs/sweeps/kernel_3x3.py --workdir=runs/kernel_3x3
          --launcher=slurm --parallel=4 && python -m archs.training.report runs/kernel_3x3
