@@ -368,7 +368,8 @@ PAPER_RECIPES = {
     # You et al. 2017.
     ("configs/imagenet.py", "resnet50,lars"): dict(
         optimizer="lars", lars_trust_coefficient=0.001, momentum=0.9, warmup_epochs=5,
-        schedule="polynomial", lr_decay_power=2.0,
+        schedule="polynomial", lr_decay_power=2.0, batch_size=8192, learning_rate=30.0,
+        lr_base_batch_size=0, num_epochs=100, weight_decay=5e-4,
     ),
 }  # fmt: skip
 
