@@ -1,7 +1,7 @@
 """Input pipelines over tfds: which examples each step sees, and how they are preprocessed.
 
-Two pipelines, both exact for resume (the examples of step s are a pure function of (seed, s))
-and both feeding uint8 images, normalised on device:
+Three pipelines, all exact for resume (the examples of step s are a pure function of (seed, s))
+and all feeding uint8 images, normalised on device:
 - `memory`, for datasets with fixed-size images (CIFAR, SVHN, ...): each split is decoded
   once into uint8 arrays; epoch e is a NumPy permutation seeded by (seed, e); augmentation runs
   on device in the train step (`steps.device_augment`). No reader state, so any step's batch is
@@ -11,6 +11,10 @@ and both feeding uint8 images, normalised on device:
   stateless random augmentation keyed by (epoch seed, position); resuming skips to the step's
   position in its epoch (reading, not decoding, the skipped records). grain over
   `tfds.data_source` would resume in O(1) but is not installed here, so it was not measured.
+  Each example's augmentation is drawn first (`train_plan`), so JPEG Inception crops decode
+  only their window.
+- `dali`: the stream's reading and plans, with the decoding, resizing and cropping done by
+  NVIDIA DALI, on the GPU when there is one (`archs.training.dali`).
 Each epoch uses its first `steps_per_epoch * batch_size` shuffled examples. Evaluation reads
 every example once, in order, padded to whole global batches with `mask` = 0. Each process
 reads its own rows of every global batch (`parallel.process_rows`, or `shard` for tf.data).
