@@ -17,6 +17,9 @@ batches after one warm-up batch, each batch put on the devices as the loop does
   on the CPU; it is left out, with a note, when DALI is not installed.
 Each row has `images_per_sec` and `images_per_sec_per_core`. `--cores K` pins the process to K
 cores first (os.sched_setaffinity), so per core is the rate over the cores actually used.
+`images_per_cpu_second` divides by the CPU time the process used instead (all its threads):
+on a machine loaded by other work, it is closer than the wall-clock rates to what each core
+gives when the machine is free.
 `--train-step-model M` also times M's train step on synthetic data (`benchmarks.train_step`,
 same batch size and cores) and gives each row's `ratio_to_train_step`.
 
@@ -118,10 +121,10 @@ def measure(pipeline: str, config: ml_collections.ConfigDict, batches: int) -> d
     iterator = train.batches(0)
     jax.block_until_ready(parallel.global_batch(next(iterator), mesh))
     setup_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         jax.block_until_ready(parallel.global_batch(next(iterator), mesh))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     images_per_sec = batches * config.batch_size / seconds
     return {
         "pipeline": pipeline,
@@ -133,6 +136,7 @@ def measure(pipeline: str, config: ml_collections.ConfigDict, batches: int) -> d
         "batches": batches,
         "setup_s": round(setup_s, 3),
         **rates(images_per_sec),
+        "images_per_cpu_second": round(batches * config.batch_size / cpu_seconds, 1),
     }
 
 
