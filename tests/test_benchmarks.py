@@ -24,6 +24,7 @@ from flax import nnx
 import archs
 from archs.resnet import stack_blocks, unstack_blocks
 from archs.summary import abstract_model, count_params, xla_gflops
+from archs.training import dali
 from archs.training.config import ConfigError, base_config, check_config
 from benchmarks import compile as compile_bench
 from benchmarks import flax_example, input_pipeline, scaling, train_step
@@ -104,18 +105,35 @@ def keep_affinity():
 
 def test_input_pipeline_json(capsys, keep_affinity):
     """CIFAR on tfds mock data (mocked datasets call themselves unprepared), and the
-    ImageNet-style stream over synthetic JPEGs."""
+    ImageNet-style pipelines over synthetic JPEGs (DALI where it is installed)."""
     args = ["--batch-size", "8", "--batches", "2", "--cores", "1", "--pipelines"]
     with (
         tfds.testing.mock_data(num_examples=64),
         mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
     ):
-        cifar = run_json(input_pipeline.main, [*args, "cifar"], capsys)["cifar"]
-    imagenet = run_json(input_pipeline.main, [*args, "imagenet"], capsys)["imagenet"]
-    assert (cifar["pipeline"], imagenet["pipeline"]) == ("memory", "stream")
-    for out in (cifar, imagenet):
-        assert out["cores"] == 1
-        assert out["per_core"] == pytest.approx(out["images_per_sec"], rel=0.01)
+        rows = run_json(input_pipeline.main, [*args, "memory"], capsys)["rows"]
+    imagenet = ["stream", "stream_roi"] + (["dali"] if dali.nvdali is not None else [])
+    rows += run_json(input_pipeline.main, [*args, *imagenet], capsys)["rows"]
+    assert [r["pipeline"] for r in rows] == ["memory", *imagenet]
+    assert [r["data_pipeline"] for r in rows] == ["memory", "stream", "stream", "dali"][: len(rows)]
+    for row in rows:
+        assert row["cores"] == 1 and row["decode"] == "cpu"
+        assert row["images_per_sec_per_core"] == pytest.approx(row["images_per_sec"], rel=0.01)
+
+
+def test_input_pipeline_end_to_end_json(capsys, keep_affinity):
+    """A tiny model trained from each ImageNet-style pipeline, beside synthetic data."""
+    out = run_json(
+        input_pipeline.main,
+        f"--end-to-end resnet20 --model-kwargs {TINY} --image-size 32 --batch-size 4 "
+        "--batches 2 --dtype float32 --pipelines stream stream_roi",
+        capsys,
+    )["end_to_end"]
+    assert (out["model"], out["image_size"], out["steps"]) == ("resnet20", 32, 2)
+    assert [r["pipeline"] for r in out["rows"]] == ["stream", "stream_roi"]
+    for row in out["rows"]:
+        ratio = row["end_to_end_images_per_sec"] / row["synthetic_images_per_sec"]
+        assert row["ratio"] == pytest.approx(ratio, rel=0.01)
 
 
 @pytest.mark.slow

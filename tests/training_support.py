@@ -166,8 +166,8 @@ def _slow_eval_batches(delay: float) -> None:
 
 
 def _main() -> None:
-    """train.py under mock data with the tiny model (TINY_STEP_SLEEP slows each train batch,
-    TINY_EVAL_SLEEP each eval batch)."""
+    """train.py under mock data (unless MOCK_DATA=0) with the tiny model (TINY_STEP_SLEEP slows
+    each train batch, TINY_EVAL_SLEEP each eval batch)."""
     from absl import app
 
     sys.path.insert(0, str(ROOT))
@@ -176,16 +176,20 @@ def _main() -> None:
 
     delay = float(os.environ.get("TINY_STEP_SLEEP", "0"))
     if delay:
-        batch_at = data.TrainData.batch_at
+        batches = data.TrainData.batches
 
-        def slow_batch_at(self, step):
-            time.sleep(delay)
-            return batch_at(self, step)
+        def slow_batches(self, start_step):
+            for batch in batches(self, start_step):
+                time.sleep(delay)
+                yield batch
 
-        data.TrainData.batch_at = slow_batch_at
+        data.TrainData.batches = slow_batches
     if os.environ.get("TINY_EVAL_SLEEP"):
         _slow_eval_batches(float(os.environ["TINY_EVAL_SLEEP"]))
-    with mock_datasets():
+    # MOCK_DATA=0 for runs on real files: tfds's mock patches file access process-wide while a
+    # dataset is built, which a checkpoint written meanwhile in another thread would go through.
+    mocked = os.environ.get("MOCK_DATA", "1") == "1"
+    with mock_datasets() if mocked else contextlib.nullcontext():
         app.run(train.main, flags_parser=train._parse)
 
 

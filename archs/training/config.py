@@ -22,7 +22,7 @@ PARALLELISMS = ("jit", "pmap")
 BN_MODES = ("sync", "per_device")
 AUGMENTS = ("cifar", "flip", "inception", "scale_jitter", "none")
 EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale")
-PIPELINES = ("auto", "memory", "stream")
+PIPELINES = ("auto", "memory", "stream", "dali")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -78,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Data (data.py).
     c.train_split = "train"
     c.eval_split = "test"
-    c.data_pipeline = "auto"  # 'memory' (decoded once), 'stream' (tf.data), 'auto' chooses
+    # 'memory' (decoded once), 'stream' (tf.data), 'dali' (tf.data reads, NVIDIA DALI decodes;
+    # the [dali] extra), 'auto' chooses memory or stream
+    c.data_pipeline = "auto"
     c.augment = "cifar"
     c.crop_padding = 4  # 'cifar' augmentation
     c.min_area = 0.08  # 'inception': random-resized-crop area range [min_area, 1]

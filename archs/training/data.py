@@ -1,7 +1,7 @@
 """Input pipelines over tfds: which examples each step sees, and how they are preprocessed.
 
-Two pipelines, both exact for resume (the examples of step s are a pure function of (seed, s))
-and both feeding uint8 images, normalised on device:
+Three pipelines, all exact for resume (the examples of step s are a pure function of (seed, s))
+and all feeding uint8 images, normalised on device:
 - `memory`, for datasets with fixed-size images (CIFAR, SVHN, ...): each split is decoded
   once into uint8 arrays; epoch e is a NumPy permutation seeded by (seed, e); augmentation runs
   on device in the train step (`steps.device_augment`). No reader state, so any step's batch is
@@ -11,6 +11,10 @@ and both feeding uint8 images, normalised on device:
   stateless random augmentation keyed by (epoch seed, position); resuming skips to the step's
   position in its epoch (reading, not decoding, the skipped records). grain over
   `tfds.data_source` would resume in O(1) but is not installed here, so it was not measured.
+  Each example's augmentation is drawn first (`train_plan`), so JPEG Inception crops decode
+  only their window.
+- `dali`: the stream's reading and plans, with the decoding, resizing and cropping done by
+  NVIDIA DALI, on the GPU when there is one (`archs.training.dali`).
 Each epoch uses its first `steps_per_epoch * batch_size` shuffled examples. Evaluation reads
 every example once, in order, padded to whole global batches with `mask` = 0. Each process
 reads its own rows of every global batch (`parallel.process_rows`, or `shard` for tf.data).
@@ -66,6 +70,7 @@ class Preprocess:
     pca_lighting: float
     eval_protocol: str
     eval_scales: tuple[int, ...]
+    roi_decode: bool = True  # decode only the crop window of JPEGs (`train_transform`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +132,10 @@ def open_source(config: ml_collections.ConfigDict) -> Source:
         raise ConfigError(
             f"augment={config.augment!r} runs in the tf.data pipeline: set data_pipeline='stream'"
         )
+    if pipeline == "dali":
+        from archs.training import dali
+
+        dali.check(config)
     if features["image"].shape[-1] != 3:
         raise ConfigError(f"dataset {name!r} has {features['image'].shape[-1]}-channel images")
     return Source(
@@ -166,39 +175,46 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _resize_short(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
-    """Short side to `size`, long side int(size * long / short), as torchvision's Resize(int)."""
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+def _short_side_size(height_width: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+    """(height, width) with the short side `size`, the long one int(size * long / short), as
+    torchvision's Resize(int)."""
+    h, w = tf.unstack(tf.cast(height_width, tf.float32))
     size = tf.cast(size, tf.float32)
     short = tf.minimum(h, w)
     new_h = tf.where(h <= w, size, tf.floor(size * h / short))
     new_w = tf.where(w <= h, size, tf.floor(size * w / short))
-    new = tf.cast(tf.stack([new_h, new_w]), tf.int32)
-    return tf.image.resize(tf.cast(image, tf.float32), new, antialias=True)
+    return tf.cast(tf.stack([new_h, new_w]), tf.int32)
+
+
+def _resize(image: tf.Tensor, height_width: tf.Tensor) -> tf.Tensor:
+    return tf.image.resize(tf.cast(image, tf.float32), height_width, antialias=True)
+
+
+def _resize_short(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+    return _resize(image, _short_side_size(tf.shape(image)[:2], size))
 
 
 def _crop(image: tf.Tensor, top: tf.Tensor, left: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.crop_to_bounding_box(image, top, left, size, size)
 
 
+def _center_offset(height_width: tf.Tensor, size: int) -> tf.Tensor:
+    """(top, left) of the centered size x size crop."""
+    margin = tf.cast(height_width - size, tf.float32)
+    return tf.cast(tf.round(margin / 2.0), tf.int32)
+
+
 def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    shape = tf.shape(image)
-    top = tf.cast(tf.round(tf.cast(shape[0] - size, tf.float32) / 2.0), tf.int32)
-    left = tf.cast(tf.round(tf.cast(shape[1] - size, tf.float32) / 2.0), tf.int32)
+    top, left = tf.unstack(_center_offset(tf.shape(image)[:2], size))
     return _crop(image, top, left, size)
 
 
 def base_view(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
-    """The unaugmented view of an image (float32): what training crops, pads or flips, and what
-    'center' evaluation shows, so that evaluation sees what training saw. With `whole_frame`
-    (fixed-size images, the memory pipeline) the whole image resized to image_size; otherwise
-    the short side resized to floor(image_size / crop_pct) and the center crop
-    (torchvision/timm's evaluation transform, ImageNet's resize-then-crop)."""
-    size = p.image_size
-    if p.whole_frame:
-        return tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
-    return _center_crop(_resize_short(image, math.floor(size / p.crop_pct)), size)
+    """The unaugmented view of a decoded image (uint8): what training pads, crops or flips, and
+    what 'center' evaluation shows, so that evaluation sees what training saw (`eval_plan`)."""
+    plan = eval_plan(tf.shape(image), p)
+    top, left = tf.unstack(plan["crop"])
+    return _to_uint8(_crop(_resize(image, plan["resize"]), top, left, p.image_size))
 
 
 def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
@@ -218,7 +234,7 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
             views += [crop, tf.image.flip_left_right(crop)]
         return _to_uint8(tf.stack(views))
     if p.eval_protocol == "center":
-        return _to_uint8(base_view(image, p))
+        return base_view(image, p)
     resized = _resize_short(image, math.floor(size / p.crop_pct))
     shape = tf.shape(resized)
     bottom, right = shape[0] - size, shape[1] - size
@@ -227,33 +243,63 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
     return _to_uint8(tf.stack(crops + [tf.image.flip_left_right(c) for c in crops]))
 
 
-def _random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    return tf.image.stateless_random_flip_left_right(image, seed)
+def train_plan(shape: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> dict[str, tf.Tensor]:
+    """Where one training example's augmentation cuts, resizes, crops and flips, drawn from
+    `seed` (a stateless [2] seed) and the image's (height, width, channels) alone, so that the
+    window to decode is known before decoding: `train_transform` applies it in tf.data, and
+    the DALI pipeline (`archs.training.dali`) to its own decoded images.
 
-
-def _inception_crop(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
-    """Random-resized crop (Szegedy et al.): area in [min_area, 1], aspect in [3/4, 4/3]."""
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(p.min_area, 1.0),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, crop_size)
-    return tf.image.resize(tf.cast(crop, tf.float32), (p.image_size, p.image_size), antialias=True)
-
-
-def _scale_jitter_crop(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
-    """Short side uniform in `scale_jitter` (VGG, ResNet), then a random image_size crop."""
-    lo, hi = p.scale_jitter
-    short = tf.random.stateless_uniform([], seed, lo, hi + 1, dtype=tf.int32)
-    resized = _resize_short(image, short)
-    size = (p.image_size, p.image_size, 3)
-    return tf.image.stateless_random_crop(resized, size, seed + 1)
+    `window` (top, left, height, width) is the part of the image the example uses; it is
+    resized to `resize` (height, width), then the image_size square at `crop` (top, left) is
+    kept, mirrored when `flip`, and `rgb` is added to it (`pca_lighting`, else zeros).
+    - inception (Szegedy et al.): a window of area in [min_area, 1] and aspect in [3/4, 4/3],
+      resized to image_size;
+    - scale_jitter (VGG, ResNet): the whole image, short side uniform in `scale_jitter`, a
+      random crop;
+    - flip, none, cifar: the base view, also what 'center' evaluation shows: with
+      `whole_frame` (fixed-size images in memory) the whole image resized to image_size; else
+      the short side to floor(image_size / crop_pct) and the center crop (torchvision/timm's
+      evaluation transform); cifar then pads and crops at random, which no window describes:
+      `train_transform` does it.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    size = p.image_size
+    height_width = tf.cast(shape[:2], tf.int32)
+    window = tf.concat([tf.zeros([2], tf.int32), height_width], 0)
+    if p.augment == "inception":
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seeds[0],
+            min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(p.min_area, 1.0),
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        window = tf.concat([begin[:2], extent[:2]], 0)
+        resize, crop = tf.constant([size, size]), tf.zeros([2], tf.int32)
+    elif p.augment == "scale_jitter":
+        lo, hi = p.scale_jitter
+        short = tf.random.stateless_uniform([], seeds[0], lo, hi + 1, dtype=tf.int32)
+        resize = _short_side_size(height_width, short)
+        # tf.image.stateless_random_crop's offsets (its draw over (height, width, channels)).
+        limit = tf.concat([resize - size + 1, [1]], 0)
+        offset = tf.random.stateless_uniform([3], seeds[0] + 1, maxval=tf.int32.max, dtype=tf.int32)
+        crop = (offset % limit)[:2]
+    elif p.whole_frame:
+        resize, crop = tf.constant([size, size]), tf.zeros([2], tf.int32)
+    else:
+        resize = _short_side_size(height_width, math.floor(size / p.crop_pct))
+        crop = _center_offset(resize, size)
+    flip = tf.constant(False)
+    if p.augment != "none":  # tf.image.stateless_random_flip_left_right's draw
+        flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+    rgb = tf.zeros([3])
+    if p.pca_lighting > 0:  # AlexNet's colour noise: eigvec @ (alpha * eigval), alpha ~ N(0, std)
+        alpha = tf.random.stateless_normal([3], seeds[2], stddev=p.pca_lighting)
+        rgb = 255.0 * tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
+    return {"window": window, "resize": resize, "crop": crop, "flip": flip, "rgb": rgb}
 
 
 def _pad_crop(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
@@ -262,29 +308,70 @@ def _pad_crop(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
     return tf.image.stateless_random_crop(padded, size, seed)
 
 
-def _pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
-    """AlexNet's colour augmentation: add eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
-    alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
-    return tf.cast(image, tf.float32) + 255.0 * rgb
+def _apply_plan(window: tf.Tensor, plan: dict[str, tf.Tensor], p: Preprocess) -> tf.Tensor:
+    """The plan's resize, crop, flip and colour noise on its decoded window."""
+    top, left = tf.unstack(plan["crop"])
+    image = _crop(_resize(window, plan["resize"]), top, left, p.image_size)
+    return _flip_and_light(image, plan, p)
+
+
+def _flip_and_light(image: tf.Tensor, plan: dict[str, tf.Tensor], p: Preprocess) -> tf.Tensor:
+    if p.augment != "none":
+        image = tf.cond(plan["flip"], lambda: tf.reverse(image, [1]), lambda: image)
+    image = tf.cast(image, tf.float32)
+    if p.pca_lighting > 0:
+        image += plan["rgb"]
+    return _to_uint8(image)
 
 
 def train_transform(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
-    """One training example's host-side augmentation; `seed` is a stateless [2] seed."""
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    if p.augment == "inception":
-        image = _inception_crop(image, seeds[0], p)
-    elif p.augment == "scale_jitter":
-        image = _scale_jitter_crop(image, seeds[0], p)
+    """One training example's host-side augmentation (`train_plan`); `seed` is a stateless [2]
+    seed. `image` is decoded (uint8) or encoded (a string); encoded JPEGs with the inception
+    crop decode only their window when `p.roi_decode`, as flax's ImageNet example and MLPerf's
+    TensorFlow reference do: the same windows, and the same pixels except in the window's first
+    and last columns, where libjpeg's chroma upsampling at the cut differs by a few levels.
+    Other formats are then decoded whole (twice: once for their size)."""
+    if p.augment == "cifar":
+        image = decode(image)
+        plan = train_plan(tf.shape(image), seed, p)
+        cropped = _pad_crop(
+            base_view(image, p), tf.random.experimental.stateless_split(seed, 4)[0], p
+        )
+        return _flip_and_light(cropped, plan, p)
+    if image.dtype == tf.string and p.augment == "inception" and p.roi_decode:
+        plan = train_plan(image_shape(image), seed, p)
+        # Only the decoding branches: a tf.data map runs the rest faster outside a cond.
+        window = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.image.decode_and_crop_jpeg(image, plan["window"], channels=3),
+            lambda: _window(decode(image), plan),
+        )
     else:
-        image = base_view(image, p)
-        if p.augment == "cifar":
-            image = _pad_crop(image, seeds[0], p)
-    if p.augment != "none":
-        image = _random_flip(image, seeds[1])
-    if p.pca_lighting > 0:
-        image = _pca_lighting(image, seeds[2], p.pca_lighting)
-    return _to_uint8(tf.cast(image, tf.float32))
+        image = decode(image)
+        plan = train_plan(tf.shape(image), seed, p)
+        window = _window(image, plan)
+    return _apply_plan(window, plan, p)
+
+
+def _window(image: tf.Tensor, plan: dict[str, tf.Tensor]) -> tf.Tensor:
+    top, left, height, width = tf.unstack(plan["window"])
+    return tf.slice(image, [top, left, 0], [height, width, -1])
+
+
+def image_shape(image: tf.Tensor) -> tf.Tensor:
+    """(height, width, channels) of an encoded image: from the header for JPEG, else decoded."""
+    return tf.cond(
+        tf.io.is_jpeg(image),
+        lambda: tf.image.extract_jpeg_shape(image),
+        lambda: tf.shape(decode(image)),
+    )
+
+
+def eval_plan(shape: tf.Tensor, p: Preprocess) -> dict[str, tf.Tensor]:
+    """The 'center' eval view (the base view) as a `train_plan`: the whole image, resized and
+    center-cropped, no flip, no colour noise."""
+    center = dataclasses.replace(p, augment="none", pca_lighting=0.0)
+    return train_plan(shape, tf.zeros([2], tf.int64), center)
 
 
 # ----- pipelines -------------------------------------------------------------------------
@@ -295,12 +382,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def read_split(source: Source, split: str, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """(image, label) pairs of a split; images encoded unless the builder cannot skip decoding."""
+    """(encoded image, label) pairs of a split. Image folders are read in tfds's fixed order:
+    tfds.ImageFolder shuffles its files without a seed, which would break exact resume."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-    kwargs = {"split": split, "shuffle_files": shuffle_seed is not None, "read_config": read_config}
-    if not source.is_folder:
-        kwargs["decoders"] = {"image": tfds.decode.SkipDecoding()}
-    ds = source.builder.as_dataset(**kwargs)
+    ds = source.builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_seed is not None and not source.is_folder,
+        read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
     return ds.map(lambda ex: (ex["image"], ex["label"]))
 
 
@@ -337,10 +427,18 @@ def _to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TrainData:
-    """Training batches: `batch_at(step)`-exact, as this process's rows of each global batch."""
+    """Training batches: `batch_at(step)`-exact, as this process's rows of each global batch.
+    With the DALI pipeline and the train step's batch `sharding` (parallelism 'jit'), batches
+    come as global arrays already on the devices (`archs.training.dali`)."""
 
     def __init__(
-        self, source: Source, batch_size: int, seed: int, preprocess: Preprocess, buffer: int
+        self,
+        source: Source,
+        batch_size: int,
+        seed: int,
+        preprocess: Preprocess,
+        buffer: int,
+        sharding: jax.sharding.NamedSharding | None = None,
     ):
         self.source = source
         self.batch_size = batch_size
@@ -350,7 +448,7 @@ class TrainData:
         self._arrays = None
         if source.pipeline == "memory":
             ds = read_split(source, source.train_split).map(
-                lambda x, y: (_to_uint8(base_view(decode(x), preprocess)), y),
+                lambda x, y: (base_view(decode(x), preprocess), y),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
             self._arrays = _to_numpy(ds)
@@ -363,6 +461,7 @@ class TrainData:
                 f"batch_size={batch_size} is larger than the training set ({self.num_examples})"
             )
         self._perm_cache: tuple[int, np.ndarray] | None = None
+        self._decoder = _dali_decoder(source, preprocess, batch_size, sharding, training=True)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
@@ -387,7 +486,8 @@ class TrainData:
                 step += 1
         epoch, first = divmod(start_step, self.steps_per_epoch)
         while True:
-            yield from tfds.as_numpy(self._stream_epoch(epoch, first * self.batch_size))
+            batches = tfds.as_numpy(self._stream_epoch(epoch, first * self.batch_size))
+            yield from batches if self._decoder is None else map(self._decoder, batches)
             epoch, first = epoch + 1, 0
 
     def _stream_epoch(self, epoch: int, skip: int) -> tf.data.Dataset:
@@ -401,7 +501,10 @@ class TrainData:
         def transform(i: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> dict:
             image, label = example
             stateless_seed = tf.stack([tf.constant(seed, tf.int64), i])
-            return {"image": train_transform(decode(image), stateless_seed, p), "label": label}
+            if self._decoder is None:
+                return {"image": train_transform(image, stateless_seed, p), "label": label}
+            plan = train_plan(image_shape(image), stateless_seed, p)  # DALI decodes
+            return {"image": {"encoded": image, **plan}, "label": label}
 
         ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         local = self.batch_size // jax.process_count()
@@ -409,13 +512,26 @@ class TrainData:
 
 
 class EvalData:
-    """Every example of the eval split once, padded to whole global batches with mask 0."""
+    """Every example of the eval split once, padded to whole global batches with mask 0
+    (`sharding`: as `TrainData`'s)."""
 
-    def __init__(self, source: Source, batch_size: int, preprocess: Preprocess):
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int,
+        preprocess: Preprocess,
+        sharding: jax.sharding.NamedSharding | None = None,
+    ):
         self.batch_size = batch_size
+        self._decoder = _dali_decoder(source, preprocess, batch_size, sharding, training=False)
+
+        def view(image: tf.Tensor) -> tf.Tensor | dict:
+            if self._decoder is None:
+                return eval_views(decode(image), preprocess)
+            return {"encoded": image, **eval_plan(image_shape(image), preprocess)}  # DALI decodes
+
         ds = read_split(source, source.eval_split).map(
-            lambda x, y: (eval_views(decode(x), preprocess), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            lambda x, y: (view(x), y), num_parallel_calls=tf.data.AUTOTUNE
         )
         self._ds = ds
         self._arrays = _to_numpy(ds) if source.pipeline == "memory" else None
@@ -439,14 +555,29 @@ class EvalData:
                     "mask": mask[batch][rows],
                 }
             return
-        spec = self._ds.element_spec[0]
-        filler = tf.data.Dataset.from_tensors(
-            (tf.zeros(spec.shape, spec.dtype), tf.constant(0, tf.int64), False)
-        ).repeat(padded - self.num_examples)
+        filler = self._ds.take(1).map(lambda x, y: (x, y, False))  # masked: any example
+        filler = filler.repeat(padded - self.num_examples)
         ds = self._ds.map(lambda x, y: (x, y, True)).concatenate(filler)
         ds = ds.shard(jax.process_count(), jax.process_index())
         ds = ds.map(lambda x, y, m: {"image": x, "label": tf.cast(y, tf.int32), "mask": m})
-        yield from tfds.as_numpy(ds.batch(self.batch_size // jax.process_count()))
+        batches = tfds.as_numpy(ds.batch(self.batch_size // jax.process_count()))
+        yield from batches if self._decoder is None else map(self._decoder, batches)
+
+
+def _dali_decoder(
+    source: Source,
+    preprocess: Preprocess,
+    batch_size: int,
+    sharding: jax.sharding.NamedSharding | None,
+    training: bool,
+) -> Any:
+    """The DALI stage of a 'dali' source (None otherwise, and for the eval protocols other than
+    'center', which tf.data makes)."""
+    if source.pipeline != "dali" or not (training or preprocess.eval_protocol == "center"):
+        return None
+    from archs.training import dali  # the optional dependency, imported when chosen
+
+    return dali.Decoder(preprocess, batch_size, sharding, training)
 
 
 def make_preprocess(config: ml_collections.ConfigDict, info, source: Source) -> Preprocess:

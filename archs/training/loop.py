@@ -182,13 +182,15 @@ class _Run:
             mesh=mesh,
             init_source=plan.init_source,
         )
+        # DALI places its batches on the devices itself (jit's sharding; pmap reshapes rows).
+        sharding = parallel.batch_sharded(mesh) if c.parallelism == "jit" else None
         train_data = None
         if not c.eval_only:
             train_data = data.TrainData(
-                plan.source, c.batch_size, c.seed, plan.preprocess, c.shuffle_buffer
+                plan.source, c.batch_size, c.seed, plan.preprocess, c.shuffle_buffer, sharding
             )
         evaluator = Evaluator(
-            data.EvalData(plan.source, plan.eval_batch_size, plan.preprocess),
+            data.EvalData(plan.source, plan.eval_batch_size, plan.preprocess, sharding),
             trainer.eval_step,
             mesh,
         )

@@ -92,7 +92,10 @@ def global_batch(
     local: dict[str, np.ndarray], mesh: Mesh, per_device_axis: bool = False
 ) -> dict[str, jax.Array]:
     """Assemble the processes' local rows into global arrays sharded on `data`; with
-    `per_device_axis` (pmap) shaped (devices, rows per device, ...)."""
+    `per_device_axis` (pmap) shaped (devices, rows per device, ...). A batch of jax.Arrays is
+    already global (the DALI pipeline's) and passes through."""
+    if all(isinstance(v, jax.Array) for v in local.values()):
+        return local
     sharding = batch_sharded(mesh)
     if per_device_axis:
         devices = jax.local_device_count()
