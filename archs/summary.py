@@ -112,7 +112,7 @@ def summarize(name: str, with_xla: bool = True) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README's model table."""
+    """The model table of docs/models.md."""
     lines = [
         "| model | params | reference params | GMACs | reference GMACs | XLA GFLOPs | size"
         " | source |",

@@ -1,8 +1,8 @@
 """One train step's speed: `python -m benchmarks.train_step --model resnet50 --json`.
 
-Prints DESIGN's benchmark object: `compile_s` (lowering plus XLA compilation of the jitted
-step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each waited for),
-`images_per_sec` (global batch / median step), `devices`, `device_kind`,
+Prints the benchmark object of docs/design.md: `compile_s` (lowering plus XLA compilation of
+the jitted step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each
+waited for), `images_per_sec` (global batch / median step), `devices`, `device_kind`,
 `train_gflops_per_image` (XLA's cost analysis of the whole step, forward, backward and
 optimizer update, lowered for the CPU: see `train_gflops_per_image`), `peak_gflops` (the best
 rate of a square matmul of random values in the compute dtype on one device, times the devices)
@@ -186,7 +186,8 @@ def summarize(
     peak_gflops: float,
     gflops_per_image: float,
 ) -> dict[str, Any]:
-    """DESIGN's benchmark fields from the measurements, and the peak memory of `compiled`."""
+    """The benchmark fields of docs/design.md from the measurements, and the peak memory of
+    `compiled`."""
     step_s = statistics.median(step_seconds)
     images_per_sec = batch_size / step_s
     return {
@@ -221,7 +222,7 @@ def benchmark(
     devices: int | None = None,
     peak_gflops: float | None = None,
 ) -> dict[str, Any]:
-    """Compile and time the train step of `name`; the fields of DESIGN's benchmark object."""
+    """Compile and time the train step of `name`; the benchmark fields of docs/design.md."""
     image_size = image_size or archs.model_info(name).image_size
     mesh = device_mesh(devices)
     count = mesh.devices.size

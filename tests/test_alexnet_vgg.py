@@ -3,9 +3,9 @@ map sizes, LRN, grouped convs, adaptive pooling, init, overrides, and real forwa
 
 Where the numbers come from: torchvision counts are torchvision 0.29's builders (sum of
 `p.numel()`; GMACs FlopCounterMode / 2, as archs/references.py records); the paper nets'
-counts are from the issue, which derived them from the papers' layer tables (Krizhevsky et al.
-2012 Fig. 2; Zeiler & Fergus 2014 Fig. 3; Simonyan & Zisserman 2015 Table 1); ZFNet's 1.17
-GMACs is the issue's; alexnet_bn's is derived in its docstring row below.
+counts are derived from the papers' layer tables (Krizhevsky et al. 2012 Fig. 2; Zeiler &
+Fergus 2014 Fig. 3; Simonyan & Zisserman 2015 Table 1); ZFNet's 1.17 GMACs is
+archs/references.py's (Fig. 3, dense, 224x224); alexnet_bn's is derived in its docstring row below.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from archs.summary import abstract_model, count_macs, count_params
 
 PARAMS = {
     "alexnet": 61_100_840,  # torchvision
-    "alexnet_lrn": 60_965_224,  # issue, Krizhevsky et al. Fig. 2 with two groups
+    "alexnet_lrn": 60_965_224,  # Krizhevsky et al. Fig. 2 with two groups
     # alexnet_lrn + 2 x (96+256+384+384+256) BatchNorm scale/shift - the 1,376 conv biases.
     "alexnet_bn": 60_966_600,
-    "zfnet": 62_357_608,  # issue, Zeiler & Fergus Fig. 3
+    "zfnet": 62_357_608,  # Zeiler & Fergus Fig. 3
     "vgg11": 132_863_336,  # torchvision
-    "vgg11_lrn": 132_863_336,  # issue: A-LRN, LRN has no parameters
+    "vgg11_lrn": 132_863_336,  # Simonyan & Zisserman Table 1, A-LRN: LRN has no parameters
     "vgg13": 133_047_848,  # torchvision
-    "vgg16_c": 133_638_952,  # issue: config C
+    "vgg16_c": 133_638_952,  # Simonyan & Zisserman Table 1, config C
     "vgg16": 138_357_544,  # torchvision
     "vgg19": 143_667_240,  # torchvision
     "vgg11_bn": 132_868_840,  # torchvision
@@ -57,7 +57,7 @@ def test_params_and_gmacs_match_the_references(name):
     assert gmacs == pytest.approx(info.reference_gmacs, rel=0.01)
 
 
-def test_zfnet_gmacs_agree_with_the_issue():
+def test_zfnet_gmacs_agree_with_the_reference():
     assert model_macs("zfnet") / 1e9 == pytest.approx(1.17, rel=0.01)
 
 

@@ -242,7 +242,7 @@ def test_remat_same_gradients():
 
 @pytest.mark.parametrize("key", ["scan_blocks", "remat"])
 def test_speed_overrides_must_be_bools(key):
-    with pytest.raises(ValueError, match=f"{key}=1 must be True or False"):
+    with pytest.raises(ValueError, match=f"{key}=1 of model 'resnet18' is not of type bool"):
         abstract_model("resnet18", **{key: 1})
 
 

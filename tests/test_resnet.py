@@ -16,7 +16,7 @@ from archs import layers, resnet, summary
 
 # Parameter counts of torchvision 0.29's and timm 1.0's builders of these names, and for the
 # papers' nets the counts of their layer tables (He et al. 2016, Sec. 4.2 and Table 1; Xie et
-# al. 2017, Sec. 5.3), as given in the issue and in archs/references.py.
+# al. 2017, Sec. 5.3), as archs/references.py records them.
 EXPECTED_PARAMS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,

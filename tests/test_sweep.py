@@ -1,8 +1,8 @@
 """Sweeps: expansion and naming, launching against a fake train.py, the CLI, and the presets.
 
-The fake trainer (written per test) follows DESIGN's train.py contract: it writes config.json,
-metrics.jsonl and done.json into --workdir, exits 75 once when asked to simulate a preemption
-and 3 when asked to fail.
+The fake trainer (written per test) follows the run contract of docs/design.md: it writes
+config.json, metrics.jsonl and done.json into --workdir, exits 75 once when asked to simulate a
+preemption and 3 when asked to fail.
 """
 
 import importlib.util
@@ -24,8 +24,8 @@ from archs.training.workdir import WorkdirLock
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs" / "sweeps").glob("[!_]*.py"))
 
-# DESIGN.md, Contracts, Training: the config keys a sweep may override.
-DESIGN_CONFIG_KEYS = {
+# The contract keys of docs/design.md (archs/training/config.py) that the presets may override.
+CONTRACT_CONFIG_KEYS = {
     "model", "model_kwargs", "dataset", "data_dir", "batch_size", "num_train_steps",
     "num_epochs", "learning_rate", "optimizer", "momentum", "nesterov", "schedule",
     "warmup_epochs", "weight_decay", "label_smoothing", "seed", "dtype", "parallelism",
@@ -304,7 +304,7 @@ def test_preset_overrides_are_design_config_keys(preset):
         assert base.split(":")[0] in ("configs/cifar10.py", "configs/imagenet.py"), base
         for run in runs:
             top = {key.split(".")[0] for key in run}
-            assert top <= DESIGN_CONFIG_KEYS, f"{preset.stem}{arg}: {top - DESIGN_CONFIG_KEYS}"
+            assert top <= CONTRACT_CONFIG_KEYS, f"{preset.stem}{arg}: {top - CONTRACT_CONFIG_KEYS}"
             assert all(k.count(".") == 0 or k.startswith("model_kwargs.") for k in run)
 
 

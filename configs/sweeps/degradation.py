@@ -9,7 +9,8 @@ Expected: final eval top-1 falls with depth for plain-20..56 and rises for resne
 checks that every net trains and reports; it is too short to show the effect. The cpu variant
 (600 steps of 32 images, about 0.4 epoch, lr 0.1 * 32 / 128, eval every 200 steps) can show only
 the start of Fig. 6. Measured (one seed, 2-core CPU, 34 min): final eval top-1 plain20 36.5,
-plain56 14.1, resnet20 41.0, resnet56 37.7 %; plain56 barely trains, resnet56 does (README).
+plain56 14.1, resnet20 41.0, resnet56 37.7 %; plain56 barely trains, resnet56 does
+(docs/research.md).
 Command: python sweep.py --sweep=configs/sweeps/degradation.py --workdir=runs/degradation
          --parallel=4 && python -m archs.training.report runs/degradation
 Smoke:   python sweep.py --sweep=configs/sweeps/degradation.py:smoke --workdir=/tmp/degradation
