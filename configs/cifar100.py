@@ -5,8 +5,8 @@
 No argument: resnet20 with `fast` (unmeasured on CIFAR-100). Expected test top-1 (papers;
 unverified here): densenet_bc_100_12 77.73% (C100+, Huang et al. 2017, Table 2);
 resnext29_8x64d 82.23%, resnext29_16x64d 82.69% (Xie et al. 2017, Table 7). He et al. give no
-CIFAR-100 figures, so `he` on CIFAR-100 is ours. The CIFAR nets normalise with CIFAR-10's channel
-mean and std (their `model_info`), as the CIFAR-10 recipes do; CIFAR-100's differ by up to 0.02.
+CIFAR-100 figures, so `he` on CIFAR-100 is ours. Inputs are normalised with CIFAR-100's own
+channel mean and std (archs/training/normalization.py).
 """
 
 from configs import cifar10
