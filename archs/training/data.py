@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from archs.training.config import ConfigError
+from archs.training import randaugment_tf
+from archs.training.config import ConfigError, parse_randaugment
 from archs.training.parallel import process_rows
 
 HostBatch = dict[str, np.ndarray]
@@ -62,6 +63,7 @@ class Preprocess:
     pca_lighting: float
     eval_protocol: str
     eval_scales: tuple[int, ...]
+    randaugment: str = ""  # 'N,M' or '' (off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +176,7 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
     """The evaluation protocol: 'center' (H,W,3); 'ten_crop' and 'multi_scale' (V,H,W,3).
 
     'center': short side to floor(image_size / crop_pct), center crop (timm/torchvision eval).
+    'flip': the same view; the eval step adds its mirror on device (`StepConfig.eval_flip`).
     'ten_crop': the same resize; 4 corners + center and their mirrors (AlexNet, ResNet).
     'multi_scale': short side to each of `eval_scales`, center crop and its mirror (VGG's
     multi-scale evaluation with crops instead of dense application).
@@ -186,7 +189,7 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
             views += [crop, tf.image.flip_left_right(crop)]
         return _to_uint8(tf.stack(views))
     resized = _resize_short(image, math.floor(size / p.crop_pct))
-    if p.eval_protocol == "center":
+    if p.eval_protocol in ("center", "flip"):
         return _to_uint8(_center_crop(resized, size))
     shape = tf.shape(resized)
     bottom, right = shape[0] - size, shape[1] - size
@@ -252,6 +255,9 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tens
         )
     if p.augment != "none":
         image = _random_flip(image, seeds[1])
+    if p.randaugment:
+        num_ops, magnitude = parse_randaugment(p.randaugment)
+        image = randaugment_tf.randaugment(_to_uint8(image), seeds[3], num_ops, magnitude)
     if p.pca_lighting > 0:
         image = _pca_lighting(image, seeds[2], p.pca_lighting)
     return _to_uint8(tf.cast(image, tf.float32))
@@ -426,12 +432,18 @@ def make_preprocess(config: ml_collections.ConfigDict, info) -> Preprocess:
         pca_lighting=config.pca_lighting,
         eval_protocol=config.eval_protocol,
         eval_scales=tuple(config.eval_scales),
+        randaugment=config.randaugment,
     )
 
 
 def device_augment_kind(source: Source, preprocess: Preprocess) -> str:
     """The augmentation the train step applies on device ('none' when tf.data did it)."""
     return preprocess.augment if source.pipeline == "memory" else "none"
+
+
+def device_randaugment(source: Source, preprocess: Preprocess) -> str:
+    """The RandAugment the train step applies on device ('' when off or tf.data did it)."""
+    return preprocess.randaugment if source.pipeline == "memory" else ""
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
