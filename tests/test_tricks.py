@@ -81,10 +81,13 @@ def test_ema_after_k_steps_equals_the_closed_form(warmup):
     # then multiplied by every later decay.
     d = [min(decay, 1 - (1 + t) ** (-2 / 3)) if warmup else decay for t in range(k)]
     coefficients = [np.prod(d)] + [(1 - d[t]) * np.prod(d[t + 1 :]) for t in range(k)]
-    expected = [sum(c * w[j] for c, w in zip(coefficients, weights)) for j in range(len(weights[0]))]
+    expected = [
+        sum(c * w[j] for c, w in zip(coefficients, weights, strict=True))
+        for j in range(len(weights[0]))
+    ]
     got = _leaves((state.ema.params, state.ema.model_state))
     assert len(got) == len(expected) and any(v.ndim > 1 for v in got)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
     # The average lags the weights (BatchNorm statistics included).
     assert not np.allclose(got[0], weights[-1][0])
@@ -212,7 +215,7 @@ def test_mixed_train_step_counts_top1_against_the_heavier_label():
 
 def test_check_pairs_wants_an_even_batch_per_device():
     mixing.check_pairs(16, 8)
-    with pytest.raises(ConfigError, match="batch_size=24 .* 8 device"):
+    with pytest.raises(ConfigError, match=r"batch_size=24 .* 8 device"):
         mixing.check_pairs(24, 8)
 
 
@@ -297,7 +300,7 @@ def test_clipped_equals_optax_clip_by_global_norm_then_the_optimizer():
     clipped_grads, _ = clip.update(grads, clip.init(params))
     expected, _ = tx.update(clipped_grads, tx.init(params), params)
     got, _ = ours.update(grads, ours.init(params), params)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert float(optax.tree.norm(clipped_grads)) == pytest.approx(1.5, rel=1e-6)
 
@@ -315,7 +318,7 @@ def test_clipping_under_accumulation_clips_the_averaged_gradient_once():
     moved = jax.tree.map(jnp.subtract, micro.params, state.params)
     # Clipping each micro-batch before averaging would move less than max_norm.
     assert float(optax.tree.norm(moved)) == pytest.approx(max_norm, rel=1e-4)
-    for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(whole.params)):
+    for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(whole.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 

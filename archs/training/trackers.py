@@ -171,7 +171,7 @@ class WandbWriter(_TrackerWriter):
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", WANDB_DEFAULT_PROJECT),
             name=_run_name(workdir),
-            id=run_id or wandb.util.generate_id(),
+            id=run_id,  # None: W&B makes one
             resume="allow",
             dir=os.environ.get("WANDB_DIR", workdir),
         )
