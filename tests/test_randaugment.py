@@ -55,6 +55,24 @@ def test_every_op_changes_the_image_at_magnitude_3():
         assert not np.array_equal(out, image), op.name
 
 
+def test_resampling_equals_dm_pix_affine_transform():
+    import dm_pix
+
+    image = jnp.asarray(_image())
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a0, b1 = rng.uniform(0.7, 1.3, 2)
+        a1, b0 = rng.uniform(-0.3, 0.3, 2)
+        a2, b2 = rng.uniform(-3, 3, 2)
+        ours = randaugment._affine(image, jnp.asarray([a0, a1, a2, b0, b1, b2], jnp.float32))
+        matrix = jnp.asarray([[b1, b0, 0], [a1, a0, 0], [0, 0, 1]], jnp.float32)  # (row, col, ch)
+        theirs = dm_pix.affine_transform(
+            image, matrix, offset=jnp.asarray([b2, a2, 0.0]), mode="constant", cval=randaugment.FILL
+        )
+        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+        assert np.mean(np.asarray(ours) == randaugment.FILL) < 0.5  # mostly resampled
+
+
 def test_op_arguments_follow_timm():
     by_name = {op.name: op for op in randaugment.OPS}
     # timm auto_augment.py LEVEL_TO_ARG at magnitude 9 (of 10).

@@ -2,7 +2,7 @@
 network. The logged scalars, parameters and artifact read back as written, and a second open
 of the same workdir continues the same tracker run.
 
-W&B (0.2x and later) keeps an offline run in a `.wandb` transaction log that only its Go
+W&B (0.31 here) keeps an offline run in a `.wandb` transaction log that only its Go
 service reads; the Python package ships the records' protobuf schema but no longer a reader
 of the log's framing (LevelDB's log format: 32 KiB blocks of chunks with a 7-byte header).
 `read_wandb_run` decodes that framing and parses every record with W&B's own schema.

@@ -197,20 +197,50 @@ def test_mix_prob_zero_leaves_the_batch_unchanged():
     assert not np.array_equal(always[0], plain[0])
 
 
+def _brightness_classifier():
+    """Tiny without BatchNorm, set to predict class 1 for images brighter than mid-grey and
+    class 0 otherwise (exactly, for uniform images)."""
+    parts, params, model_state = _setup(norm=False, drop_rate=0.0)
+    weights = nnx.to_pure_dict(params)
+    weights = jax.tree.map(jnp.zeros_like, weights)
+    # Normalised grey level g in [-2, 2] (mean 0.5, std 0.25) -> feature 0 = g + 2 = 4 * brightness.
+    weights["conv1"]["conv"]["kernel"] = (
+        weights["conv1"]["conv"]["kernel"].at[1, 1, :, 0].set(1 / 3)
+    )
+    weights["conv1"]["conv"]["bias"] = weights["conv1"]["conv"]["bias"].at[0].set(2.0)
+    weights["fc"]["kernel"] = weights["fc"]["kernel"].at[0, 1].set(10.0)
+    weights["fc"]["bias"] = jnp.full((NUM_CLASSES,), -100.0).at[0].set(0.0).at[1].set(-20.0)
+    nnx.replace_by_pure_dict(params, weights)
+    return parts, params, model_state
+
+
 def test_mixed_train_step_counts_top1_against_the_heavier_label():
-    parts, params, model_state = _setup(drop_rate=0.0)
+    parts, params, model_state = _brightness_classifier()
     tx = optax.sgd(0.0)
-    cfg = _cfg(mix=mixing.MixConfig(mixup_alpha=1.0), label_smoothing=0.1)
+    cfg = _cfg(
+        mix=mixing.MixConfig(mixup_alpha=1.0),
+        label_smoothing=0.1,
+        augment=steps.device_augment("none", 0),
+    )
     state = steps.init_state(params, model_state, tx, seed=0)
-    batch = _batch()
-    new = jax.jit(steps.make_train_step(parts, tx, cfg))(state, batch)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0)
-    images, labels = steps.prepare_batch(cfg, batch, key, 0)
-    logits = parts.merge(state.params, state.model_state, train=True)(images)
-    expected_loss = steps.soft_cross_entropy(logits, labels.targets(NUM_CLASSES, 0.1)).sum()
-    expected_correct = np.sum(np.argmax(logits, -1) == np.asarray(labels.top1_labels()))
-    assert float(new.metrics["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
-    assert float(new.metrics["correct"]) == expected_correct
+    train_step = jax.jit(steps.make_train_step(parts, tx, cfg))
+    # Black images of class 0 paired with white images of class 1: the mixed image is brighter
+    # than grey exactly when the white image's label is the heavier one.
+    images = np.zeros((8, 8, 8, 3), np.uint8)
+    images[1::2] = 255
+    batch = {"image": images, "label": np.tile([0, 1], 4).astype(np.int32)}
+    lams = []
+    for _ in range(6):
+        new = train_step(state, batch)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        x, labels = steps.prepare_batch(cfg, batch, key, 0)
+        logits = parts.merge(state.params, state.model_state, train=True)(x)
+        expected_loss = steps.soft_cross_entropy(logits, labels.targets(NUM_CLASSES, 0.1)).sum()
+        assert float(new.metrics["loss_sum"]) == pytest.approx(float(expected_loss), rel=1e-5)
+        assert float(new.metrics["correct"]) == 8
+        lams.append(float(labels.lam[0]))
+        state = new.replace(metrics=steps.zero_metrics())
+    assert min(lams) < 0.5 < max(lams)  # each label was the heavier one at some step
 
 
 def test_check_pairs_wants_an_even_batch_per_device():
@@ -351,6 +381,10 @@ def test_flip_eval_averages_the_logits_of_two_forward_passes():
 def test_trick_keys_are_off_by_default():
     c = base_config()
     check_config(c)
+    assert not mixing.MixConfig.from_config(c).enabled
+    c.update(cutmix_alpha=1.0, mix_prob=0.8)
+    assert mixing.MixConfig.from_config(c) == mixing.MixConfig(0.0, 1.0, 0.8, 0.5)
+    c = base_config()
     assert (c.ema_decay, c.mixup_alpha, c.cutmix_alpha, c.grad_clip_norm) == (0, 0, 0, 0)
     assert c.randaugment == "" and tuple(c.writers) == ("tensorboard",)
     assert c.eval_protocol == "center"

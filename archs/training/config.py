@@ -153,7 +153,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if not 0.0 <= config[key] <= 1.0:
             raise ConfigError(f"{key} must be in [0, 1], got {config[key]!r}")
     parse_randaugment(config.randaugment)
-    for name in (config.writers,) if isinstance(config.writers, str) else config.writers:
+    for name in config.writers:
         require_writer(name)
     choices = {
         "dtype": DTYPES,

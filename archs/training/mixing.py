@@ -22,6 +22,7 @@ The train top-1 of a mixed batch counts a prediction as correct when it is the l
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.struct
 import jax
@@ -41,6 +42,10 @@ class MixConfig:
     cutmix_alpha: float = 0.0
     prob: float = 1.0
     switch_prob: float = 0.5
+
+    @classmethod
+    def from_config(cls, config: Any) -> MixConfig:
+        return cls(config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.mix_switch_prob)
 
     @property
     def enabled(self) -> bool:

@@ -12,8 +12,9 @@ timm the probability 1/2 plays Identity's part. Departures from timm: bilinear r
 [0, 255] where PIL truncates in places.
 
 One table serves two implementations, which agree op by op with each other and with the PIL
-calls timm makes (tests/test_randaugment.py): this module's, in JAX with dm-pix where it has
-the op, run on device by the train step for the `memory` pipeline; and `randaugment_tf`,
+calls timm makes (tests/test_randaugment.py): this module's, in JAX (dm-pix's solarize and
+grayscale; its affine_transform as the tests' reference for the resampling), run on device by
+the train step for the `memory` pipeline; and `randaugment_tf`,
 TensorFlow ops inside the `stream` pipeline's tf.data map. Both are pure functions of the image
 and a key (a JAX key / a stateless TF seed) derived from (seed, step, example), so resumed runs
 see the same images.
@@ -159,32 +160,45 @@ def _contrast(x: Array, factor: Array) -> Array:
 
 
 def _sharpness(x: Array, factor: Array) -> Array:
-    kernel = jnp.asarray(SMOOTH, x.dtype) / 13.0
-    kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, x.shape[-1]))
-    smooth = jax.lax.conv_general_dilated(
-        x[None],
-        kernel,
-        (1, 1),
-        "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=x.shape[-1],
-    )[0]
-    degenerate = x.at[1:-1, 1:-1].set(jnp.round(smooth))  # PIL keeps the border
+    h, w = x.shape[0], x.shape[1]
+    # The 3x3 filter as shifted slices: XLA's CPU depthwise convolution is far slower.
+    taps = [SMOOTH[i][j] * x[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3)]
+    degenerate = x.at[1:-1, 1:-1].set(jnp.round(sum(taps) / 13.0))  # PIL keeps the border
     return _blend(degenerate, x, factor)
 
 
-def _geometric(name: str) -> Callable[[Array, Array], Array]:
-    def transform(x: Array, arg: Array) -> Array:
-        h, w = x.shape[0], x.shape[1]
-        a0, a1, a2, b0, b1, b2 = inverse_affine(name, arg, h, w, jnp.cos, jnp.sin)
-        # dm-pix indexes (row, column, channel).
-        matrix = jnp.array([[b1, b0, 0.0], [a1, a0, 0.0], [0.0, 0.0, 1.0]], jnp.float32)
-        offset = jnp.array([b2, a2, 0.0], jnp.float32)
-        return dm_pix.affine_transform(
-            x, matrix, offset=offset, order=1, mode="constant", cval=FILL
-        )
+def _coefficients(name: str, arg: Array, height: int, width: int) -> Array:
+    values = inverse_affine(name, arg, height, width, jnp.cos, jnp.sin)
+    return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
 
-    return transform
+
+def _affine(x: Array, coefficients: Array) -> Array:
+    """Resample by an inverse map (a0, a1, a2, b0, b1, b2) over (column, row), bilinearly;
+    points outside [0, W-1] x [0, H-1] read the fill. This is `dm_pix.affine_transform(...,
+    order=1, mode='constant')` (the tests check it), written in 2-D: dm-pix interpolates over the
+    channel axis too, and with a different map per image (vmap) it ran ~100x slower on CPU."""
+    a0, a1, a2, b0, b1, b2 = coefficients
+    h, w, channels = x.shape
+    rows, cols = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
+    src_x, src_y = a0 * cols + a1 * rows + a2, b0 * cols + b1 * rows + b2
+    inside = (src_x >= 0) & (src_x <= w - 1) & (src_y >= 0) & (src_y <= h - 1)
+    x0, y0 = jnp.clip(jnp.floor(src_x), 0, w - 1), jnp.clip(jnp.floor(src_y), 0, h - 1)
+    x1, y1 = jnp.minimum(x0 + 1, w - 1), jnp.minimum(y0 + 1, h - 1)
+    fx, fy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+    flat = x.reshape(h * w, channels)
+
+    def pixel(y: Array, x: Array) -> Array:
+        return flat[(y * w + x).astype(jnp.int32)]
+
+    top = pixel(y0, x0) * (1 - fx) + pixel(y0, x1) * fx
+    bottom = pixel(y1, x0) * (1 - fx) + pixel(y1, x1) * fx
+    return jnp.where(inside[..., None], top * (1 - fy) + bottom * fy, FILL)
+
+
+def _geometric(name: str) -> Callable[[Array, Array], Array]:
+    return lambda x, arg: _affine(x, _coefficients(name, arg, x.shape[0], x.shape[1]))
 
 
 JAX_OPS: dict[str, Callable[[Array, Array], Array]] = {
@@ -214,18 +228,30 @@ def randaugment(image: Array, key: Array, num_ops: int, magnitude: float) -> Arr
     applied = jax.random.uniform(apply_key, (num_ops,)) < OP_PROBABILITY
     negated = jax.random.uniform(sign_key, (num_ops,)) < 0.5
 
-    def branch(op: Op) -> Callable[[Array, Array], Array]:
-        arg = op.argument(magnitude)
+    args = jnp.asarray([op.argument(magnitude) for op in OPS], jnp.float32)
+    signed = jnp.asarray([op.signed for op in OPS])
 
-        def run(x: Array, negate: Array) -> Array:
-            return apply_op(op.name, x, jnp.where(negate, -arg, arg) if op.signed else arg)
-
-        return run
+    def branch(op: Op) -> Callable[[Array, Array, Array], Array]:
+        if op.name in GEOMETRIC:
+            return lambda x, moved, arg: moved
+        return lambda x, moved, arg: JAX_OPS[op.name](x, arg)
 
     branches = [branch(op) for op in OPS]
     x = image.astype(jnp.float32)
+    h, w = x.shape[0], x.shape[1]
     for i in range(num_ops):
-        x = jnp.where(applied[i], jax.lax.switch(chosen[i], branches, x, negated[i]), x)
+        k = chosen[i]
+        arg = jnp.where(signed[k] & negated[i], -args[k], args[k])
+        # Under vmap every branch runs for every image, so the geometric ops share one
+        # resampling, by the chosen op's map (the identity when it is not geometric).
+        maps = [_coefficients(name, arg, h, w) for name in GEOMETRIC]
+        maps.append(jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+        which = jnp.asarray(
+            [GEOMETRIC.index(op.name) if op.name in GEOMETRIC else -1 for op in OPS]
+        )
+        moved = _affine(x, jnp.stack(maps)[which[k]])
+        out = _pixels(jax.lax.switch(k, branches, x, moved, arg))
+        x = jnp.where(applied[i], out, x)
     return x.astype(jnp.uint8)
 
 

@@ -12,8 +12,8 @@ The trackers are configured by their own environment variables: MLflow by
 `MLFLOW_TRACKING_URI` (its default is `sqlite:///mlflow.db` in the working directory) and
 `MLFLOW_EXPERIMENT_NAME` (default 'Default'); W&B by `WANDB_PROJECT` (default 'archs'),
 `WANDB_ENTITY`, `WANDB_MODE` ('offline' writes only local files) and `WANDB_DIR` (default: the
-workdir). Runs are named after the workdir. Images, videos, audio, histograms and raw summaries
-are not sent to trackers (the loop writes scalars only; TensorBoard gets everything).
+workdir). Runs are named after the workdir. Texts, images, videos, audio, histograms and raw
+summaries are not sent to trackers (the loop writes scalars only; TensorBoard gets them).
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class _TrackerWriter(interface.MetricWriter):
     def write_summaries(self, step: int, values: Mapping[str, Any], metadata: Any = None):
         self._unsupported("summaries")
 
+    def write_texts(self, step: int, texts: Mapping[str, str]):
+        self._unsupported("texts")
+
     def write_images(self, step: int, images: Mapping[str, Any]):
         self._unsupported("images")
 
@@ -101,7 +104,7 @@ class _TrackerWriter(interface.MetricWriter):
 
 
 class MlflowWriter(_TrackerWriter):
-    """Scalars as MLflow metrics, hparams as parameters, texts and files as artifacts."""
+    """Scalars as MLflow metrics, hparams as parameters, files as artifacts."""
 
     def __init__(self, workdir: str, run_id: str | None = None):
         mlflow = _import("mlflow")
@@ -135,10 +138,6 @@ class MlflowWriter(_TrackerWriter):
         now = int(time.time() * 1000)
         metrics = [self._metric(key, float(v), now, int(step)) for key, v in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
-
-    def write_texts(self, step: int, texts: Mapping[str, str]):
-        for key, text in texts.items():
-            self.client.log_text(self.run_id, text, f"texts/{key}/step_{int(step)}.txt")
 
     def write_hparams(self, hparams: Mapping[str, Any]):
         """Parameters not logged yet (MLflow refuses to change a logged value: a changed config
@@ -183,9 +182,6 @@ class WandbWriter(_TrackerWriter):
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
         self.run.log({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-
-    def write_texts(self, step: int, texts: Mapping[str, str]):
-        self.run.log({"step": int(step), **texts})
 
     def write_hparams(self, hparams: Mapping[str, Any]):
         self.run.config.update(flatten(hparams), allow_val_change=True)
