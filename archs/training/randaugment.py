@@ -107,6 +107,16 @@ def inverse_affine(
     raise ValueError(f"{name!r} is not a geometric op")
 
 
+def smooth_interior(x: Any) -> Any:
+    """PIL's SMOOTH filter on the (H-2, W-2) interior of an (H, W, C) TF or JAX image, as
+    shifted slices (XLA's CPU depthwise convolution is far slower)."""
+
+    def shifted(i: int, j: int) -> Any:
+        return x[i : (i - 2) or None, j : (j - 2) or None]
+
+    return sum(SMOOTH[i][j] * shifted(i, j) for i in range(3) for j in range(3)) / 13.0
+
+
 # ----- JAX: float32 (H, W, 3) images holding integers in [0, 255] ----------------------------
 
 
@@ -160,10 +170,7 @@ def _contrast(x: Array, factor: Array) -> Array:
 
 
 def _sharpness(x: Array, factor: Array) -> Array:
-    h, w = x.shape[0], x.shape[1]
-    # The 3x3 filter as shifted slices: XLA's CPU depthwise convolution is far slower.
-    taps = [SMOOTH[i][j] * x[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3)]
-    degenerate = x.at[1:-1, 1:-1].set(jnp.round(sum(taps) / 13.0))  # PIL keeps the border
+    degenerate = x.at[1:-1, 1:-1].set(jnp.round(smooth_interior(x)))  # PIL keeps the border
     return _blend(degenerate, x, factor)
 
 

@@ -16,10 +16,10 @@ from archs.training.randaugment import (
     GEOMETRIC,
     OP_PROBABILITY,
     OPS,
-    SMOOTH,
     SOLARIZE_ADD_THRESHOLD,
     Op,
     inverse_affine,
+    smooth_interior,
 )
 
 # ----- float32 (H, W, 3) images holding integers in [0, 255] ---------------------------------
@@ -75,9 +75,7 @@ def _contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 
 
 def _sharpness(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    kernel = tf.constant(SMOOTH, tf.float32) / 13.0
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    smooth = smooth_interior(x)
     interior = tf.pad(tf.round(smooth), [[1, 1], [1, 1], [0, 0]])
     border = tf.pad(tf.zeros_like(smooth), [[1, 1], [1, 1], [0, 0]], constant_values=1.0)
     degenerate = border * x + (1.0 - border) * interior  # PIL keeps the border
