@@ -278,11 +278,11 @@ for seed in range(4):
     np.testing.assert_array_equal(partner, ref_y.partner)
     np.testing.assert_array_equal(lam, ref_y.lam)
 
-# The update itself, without BatchNorm (whose statistics are per device by design).
-cfg = _cfg(mix=mix, label_smoothing=0.1)
+# The update and the average, without BatchNorm (whose statistics are per device by design).
+cfg = _cfg(mix=mix, label_smoothing=0.1, ema_decay=0.9)
 parts, params, model_state = _setup(norm=False, drop_rate=0.0)
 tx = optax.sgd(0.1, momentum=0.9)
-state = steps.init_state(params, model_state, tx, seed=0)
+state = steps.init_state(params, model_state, tx, seed=0, with_ema=True)
 make = lambda axis: steps.make_train_step(parts, tx, cfg, axis_name=axis)
 host_state = jax.device_get(state)
 one = jax.jit(make(None))(state, batch)  # on one device
@@ -291,15 +291,17 @@ with jax.set_mesh(mesh):
         step = parallel.distribute_train_step(make, mesh, mode, bn_mode)
         out = step(parallel.replicate(host_state, mesh),
                    parallel.global_batch(batch, mesh, mode == "pmap"))
-        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(out.params)):
+        pairs = zip(jax.tree.leaves((one.params, one.ema)), jax.tree.leaves((out.params, out.ema)))
+        for a, b in pairs:
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
         assert float(out.metrics["correct"]) == float(one.metrics["correct"])
+        assert jax.tree.leaves(out.ema)
 print("same on 1 and 8 devices")
 """
 
 
 @pytest.mark.slow
-def test_mixed_batch_and_update_are_the_same_on_1_and_8_devices():
+def test_mixed_batch_update_and_ema_are_the_same_on_1_and_8_devices():
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
