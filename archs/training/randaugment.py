@@ -244,6 +244,7 @@ def randaugment(image: Array, key: Array, num_ops: int, magnitude: float) -> Arr
         return lambda x, moved, arg: JAX_OPS[op.name](x, arg)
 
     branches = [branch(op) for op in OPS]
+    which = jnp.asarray([GEOMETRIC.index(op.name) if op.name in GEOMETRIC else -1 for op in OPS])
     x = image.astype(jnp.float32)
     h, w = x.shape[0], x.shape[1]
     for i in range(num_ops):
@@ -253,9 +254,6 @@ def randaugment(image: Array, key: Array, num_ops: int, magnitude: float) -> Arr
         # resampling, by the chosen op's map (the identity when it is not geometric).
         maps = [_coefficients(name, arg, h, w) for name in GEOMETRIC]
         maps.append(jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
-        which = jnp.asarray(
-            [GEOMETRIC.index(op.name) if op.name in GEOMETRIC else -1 for op in OPS]
-        )
         moved = _affine(x, jnp.stack(maps)[which[k]])
         out = _pixels(jax.lax.switch(k, branches, x, moved, arg))
         x = jnp.where(applied[i], out, x)
