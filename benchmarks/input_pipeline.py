@@ -49,7 +49,8 @@ import tensorflow as tf
 
 import archs
 from archs.training import data, parallel
-from archs.training.config import ConfigError, base_config
+from archs.training.config import base_config
+from archs.training.errors import ConfigError
 from benchmarks import train_step as bench
 
 PIPELINES = ("memory", "stream", "stream_roi", "dali")

@@ -25,7 +25,8 @@ import archs
 from archs.resnet import stack_blocks, unstack_blocks
 from archs.summary import abstract_model, count_params, xla_gflops
 from archs.training import dali
-from archs.training.config import ConfigError, base_config, check_config
+from archs.training.config import base_config, check_config
+from archs.training.errors import ConfigError
 from benchmarks import compile as compile_bench
 from benchmarks import flax_example, input_pipeline, scaling, train_step
 

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from training_support import ROOT, SMALL, cli, final_model, lines, small_config, tiny_config
 
 from archs.training import dali, data
-from archs.training.config import ConfigError
+from archs.training.errors import ConfigError
 from benchmarks.input_pipeline import synthetic_jpeg_folder
 
 needs_dali = pytest.mark.skipif(

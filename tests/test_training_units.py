@@ -23,7 +23,8 @@ from training_support import MOCK_EXAMPLES, TINY, mock_datasets, tiny_config
 import archs
 from archs.resnet import stack_blocks, unstack_blocks
 from archs.training import base_config, data, optim, steps
-from archs.training.config import ConfigError, check_config
+from archs.training.config import check_config
+from archs.training.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ without touching the workdir or compiling anything.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 
 import ml_collections
 
@@ -21,8 +22,11 @@ WARMUP_SHAPES = ("linear", "constant")
 PARALLELISMS = ("jit", "pmap")
 BN_MODES = ("sync", "per_device")
 AUGMENTS = ("cifar", "flip", "inception", "scale_jitter", "none")
-EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale")
+EVAL_PROTOCOLS = ("center", "ten_crop", "multi_scale", "flip")
 PIPELINES = ("auto", "memory", "stream", "dali")
+# Experiment trackers: writer name -> the module it needs (installed by the extra of that name).
+WRITERS = {"tensorboard": None, "mlflow": "mlflow", "wandb": "wandb"}
+RANDAUGMENT_MAX_MAGNITUDE = 10.0
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -86,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.min_area = 0.08  # 'inception': random-resized-crop area range [min_area, 1]
     c.scale_jitter = (256, 480)  # 'scale_jitter': random short side in this range
     c.pca_lighting = 0.0  # AlexNet's PCA colour noise standard deviation (0.1 in the paper)
-    c.eval_protocol = "center"
+    c.eval_protocol = "center"  # 'flip' averages the logits of the image and its mirror
     c.eval_scales = (256, 288, 320)  # 'multi_scale': short sides, each center crop + flip
     c.eval_batch_size = 0  # 0: batch_size
     c.shuffle_buffer = 16384  # 'stream' pipeline
@@ -95,6 +99,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.input_std = ()
     c.num_classes = 0  # 0: the dataset's
     c.download = False  # let tfds download datasets that are not prepared
+
+    # Training tricks (steps.py, mixing.py, ema.py, randaugment.py, optim.py); 0/'' = off.
+    c.ema_decay = 0.0  # evaluate an exponential moving average of the weights too
+    c.ema_warmup = False  # timm ModelEmaV3's decay warmup: min(ema_decay, 1 - (1 + t)^(-2/3))
+    c.mixup_alpha = 0.0  # Beta(alpha, alpha) of Mixup's lambda
+    c.cutmix_alpha = 0.0  # Beta(alpha, alpha) of CutMix's lambda
+    c.mix_prob = 1.0  # probability that a batch is mixed (when an alpha is > 0)
+    c.mix_switch_prob = 0.5  # with both alphas > 0: probability of CutMix rather than Mixup
+    c.randaugment = ""  # "N,M": N ops per image at magnitude M in [0, 10]
+    c.grad_clip_norm = 0.0  # clip the (averaged) gradient to this global norm
+    c.writers = ("tensorboard",)  # also 'mlflow', 'wandb' (extras of the same names)
 
     # Speed (loop.py; benchmarks/ measures it).
     c.profile_steps = 0  # > 0: trace this many steps after the first to <workdir>/profile
@@ -134,6 +149,9 @@ def check_config(config: ml_collections.ConfigDict, devices: int = 1) -> None:
         "bn_group_size",
         "warmup_start_factor",
         "lr_decay_power",
+        "mixup_alpha",
+        "cutmix_alpha",
+        "grad_clip_norm",
     )
     for key in non_negative:
         if config[key] < 0:
@@ -148,6 +166,14 @@ def check_config(config: ml_collections.ConfigDict, devices: int = 1) -> None:
         raise ConfigError(f"rmsprop_decay must be in [0, 1), got {config.rmsprop_decay!r}")
     if not config.rmsprop_eps > 0:
         raise ConfigError(f"rmsprop_eps must be positive, got {config.rmsprop_eps!r}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0.0 <= config[key] <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {config[key]!r}")
+    parse_randaugment(config.randaugment)
+    for name in config.writers:
+        require_writer(name)
     choices = {
         "dtype": DTYPES,
         "optimizer": OPTIMIZERS,
@@ -199,4 +225,32 @@ def _check_bn_group_size(config: ml_collections.ConfigDict, devices: int) -> Non
             f"bn_group_size={config.bn_group_size} does not divide each device's micro-batch of "
             f"{per_device} images (batch_size={config.batch_size} over {devices} device(s) and "
             f"grad_accum_steps={config.grad_accum_steps}); use a divisor, or 0 for no groups"
+        )
+
+
+def parse_randaugment(spec: str) -> tuple[int, float] | None:
+    """The config's `randaugment`: None for '', else (N, M) from "N,M" (ConfigError if bad)."""
+    if spec == "":
+        return None
+    try:
+        n, m = (part.strip() for part in str(spec).split(","))
+        num_ops, magnitude = int(n), float(m)
+    except ValueError:
+        num_ops, magnitude = 0, -1.0
+    if num_ops < 1 or not 0.0 <= magnitude <= RANDAUGMENT_MAX_MAGNITUDE:
+        raise ConfigError(
+            f"randaugment={spec!r} is not 'N,M' with N >= 1 ops per image and a magnitude M in "
+            f"[0, {RANDAUGMENT_MAX_MAGNITUDE:g}] ('' = off)"
+        )
+    return num_ops, magnitude
+
+
+def require_writer(name: str) -> None:
+    """ConfigError unless `name` is a known writer whose package is installed."""
+    if name not in WRITERS:
+        raise ConfigError(f"writers: {name!r} is not supported; allowed: {', '.join(WRITERS)}")
+    module = WRITERS[name]
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f'writers: {name!r} needs the {module!r} package: pip install -e ".[{name}]"'
         )

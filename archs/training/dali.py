@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from archs.training import data, parallel
-from archs.training.config import ConfigError
+from archs.training.errors import ConfigError
 
 try:
     import nvidia.dali as nvdali
@@ -56,6 +56,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"data_pipeline='dali' runs augment {', '.join(AUGMENTS)}, not {config.augment!r}; "
             "use data_pipeline='stream' or 'memory' for it"
+        )
+    if config.randaugment:
+        raise ConfigError(
+            f"data_pipeline='dali' does not run randaugment={config.randaugment!r}; use "
+            "data_pipeline='stream' or 'memory' for it"
         )
 
 

@@ -38,6 +38,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import downloader
 
+from archs.training import randaugment_tf
+from archs.training.config import parse_randaugment
 from archs.training.errors import ConfigError, RunError, first_line
 from archs.training.parallel import process_rows
 
@@ -71,6 +73,7 @@ class Preprocess:
     eval_protocol: str
     eval_scales: tuple[int, ...]
     roi_decode: bool = True  # decode only the crop window of JPEGs (`train_transform`)
+    randaugment: str = ""  # 'N,M' or '' (off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +224,7 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
     """The evaluation protocol: 'center' (H,W,3); 'ten_crop' and 'multi_scale' (V,H,W,3).
 
     'center': `base_view`, the view training starts from.
+    'flip': the same view; the eval step adds its mirror on device (`StepConfig.eval_flip`).
     'ten_crop': short side to floor(image_size / crop_pct); 4 corners + center and their
     mirrors (AlexNet, ResNet).
     'multi_scale': short side to each of `eval_scales`, center crop and its mirror (VGG's
@@ -233,7 +237,7 @@ def eval_views(image: tf.Tensor, p: Preprocess) -> tf.Tensor:
             crop = _center_crop(_resize_short(image, scale), size)
             views += [crop, tf.image.flip_left_right(crop)]
         return _to_uint8(tf.stack(views))
-    if p.eval_protocol == "center":
+    if p.eval_protocol in ("center", "flip"):
         return base_view(image, p)
     resized = _resize_short(image, math.floor(size / p.crop_pct))
     shape = tf.shape(resized)
@@ -308,16 +312,15 @@ def _pad_crop(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tensor:
     return tf.image.stateless_random_crop(padded, size, seed)
 
 
-def _apply_plan(window: tf.Tensor, plan: dict[str, tf.Tensor], p: Preprocess) -> tf.Tensor:
-    """The plan's resize, crop, flip and colour noise on its decoded window."""
-    top, left = tf.unstack(plan["crop"])
-    image = _crop(_resize(window, plan["resize"]), top, left, p.image_size)
-    return _flip_and_light(image, plan, p)
-
-
-def _flip_and_light(image: tf.Tensor, plan: dict[str, tf.Tensor], p: Preprocess) -> tf.Tensor:
+def _flip_randaugment_light(
+    image: tf.Tensor, plan: dict[str, tf.Tensor], p: Preprocess, randaugment_seed: tf.Tensor
+) -> tf.Tensor:
+    """The plan's flip, then RandAugment (`p.randaugment`), then the plan's colour noise."""
     if p.augment != "none":
         image = tf.cond(plan["flip"], lambda: tf.reverse(image, [1]), lambda: image)
+    if p.randaugment:
+        num_ops, magnitude = parse_randaugment(p.randaugment)
+        image = randaugment_tf.randaugment(_to_uint8(image), randaugment_seed, num_ops, magnitude)
     image = tf.cast(image, tf.float32)
     if p.pca_lighting > 0:
         image += plan["rgb"]
@@ -331,13 +334,12 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tens
     TensorFlow reference do: the same windows, and the same pixels except in the window's first
     and last columns, where libjpeg's chroma upsampling at the cut differs by a few levels.
     Other formats are then decoded whole (twice: once for their size)."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)  # as train_plan splits it
     if p.augment == "cifar":
         image = decode(image)
         plan = train_plan(tf.shape(image), seed, p)
-        cropped = _pad_crop(
-            base_view(image, p), tf.random.experimental.stateless_split(seed, 4)[0], p
-        )
-        return _flip_and_light(cropped, plan, p)
+        view = _pad_crop(base_view(image, p), seeds[0], p)
+        return _flip_randaugment_light(view, plan, p, seeds[3])
     if image.dtype == tf.string and p.augment == "inception" and p.roi_decode:
         plan = train_plan(image_shape(image), seed, p)
         # Only the decoding branches: a tf.data map runs the rest faster outside a cond.
@@ -350,7 +352,9 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor, p: Preprocess) -> tf.Tens
         image = decode(image)
         plan = train_plan(tf.shape(image), seed, p)
         window = _window(image, plan)
-    return _apply_plan(window, plan, p)
+    top, left = tf.unstack(plan["crop"])
+    view = _crop(_resize(window, plan["resize"]), top, left, p.image_size)
+    return _flip_randaugment_light(view, plan, p, seeds[3])
 
 
 def _window(image: tf.Tensor, plan: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -594,12 +598,18 @@ def make_preprocess(config: ml_collections.ConfigDict, info, source: Source) -> 
         pca_lighting=config.pca_lighting,
         eval_protocol=config.eval_protocol,
         eval_scales=tuple(config.eval_scales),
+        randaugment=config.randaugment,
     )
 
 
 def device_augment_kind(source: Source, preprocess: Preprocess) -> str:
     """The augmentation the train step applies on device ('none' when tf.data did it)."""
     return preprocess.augment if source.pipeline == "memory" else "none"
+
+
+def device_randaugment(source: Source, preprocess: Preprocess) -> str:
+    """The RandAugment the train step applies on device ('' when off or tf.data did it)."""
+    return preprocess.randaugment if source.pipeline == "memory" else ""
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import optax
 
-from archs.training.config import ConfigError
+from archs.training.errors import ConfigError
 
 WEIGHT, NORM, BIAS = "weight", "norm", "bias"
 
@@ -195,7 +195,25 @@ def scale_by_layer_trust_ratio(
 def make_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The optimizer named by `config.optimizer`, with its weight decay."""
+    """The optimizer named by `config.optimizer`, with its weight decay, behind global-norm
+    gradient clipping when `grad_clip_norm` > 0."""
+    return clipped(_optimizer(config, schedule), config.grad_clip_norm)
+
+
+def clipped(tx: optax.GradientTransformation, max_norm: float) -> optax.GradientTransformation:
+    """`tx` behind `optax.clip_by_global_norm(max_norm)` (`tx` itself when max_norm is 0). The
+    clip runs first, on the gradient the train step hands to the optimizer: once per optimizer
+    step, on the average of the micro-batches' gradients under gradient accumulation, and
+    before SGD's coupled weight decay is added (as timm clips `param.grad` before
+    `optimizer.step()`, where PyTorch's SGD adds the decay)."""
+    if max_norm <= 0:
+        return tx
+    return optax.chain(optax.clip_by_global_norm(max_norm), tx)
+
+
+def _optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     mask = _decayed if config.weight_decay_exclude_norm_bias else None
     momentum = config.momentum or None
     if config.optimizer == "sgd":

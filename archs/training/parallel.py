@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from archs.training.config import ConfigError
+from archs.training.errors import ConfigError
 
 DATA_AXIS = "data"
 

@@ -32,6 +32,7 @@ from archs.training.runs import (
     METRICS_NAME,
     RunStatus,
     RunSummary,
+    flatten,
     read_metrics,
     run_status,
     summarize,
@@ -54,30 +55,6 @@ class RunResult:
     train_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     params: int | None = None
     gmacs: float | None = None
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys: `{"a": {"b": 1}}` -> `{"a.b": 1}`.
-
-    An empty dict holds no setting and is left out (a run with `model_kwargs={}` and one with
-    `model_kwargs.x=1` differ by `model_kwargs.x` only); lists become tuples, so values can be
-    compared and hashed.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _hashable(value)
-    return flat
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, Mapping):
-        return tuple((k, _hashable(v)) for k, v in value.items())
-    return value
 
 
 def load_run(run_dir: Path, with_cost: bool = True) -> RunResult:
