@@ -92,7 +92,7 @@ def build_train_step(
         mean=info.mean,
         std=info.std,
         aux_weight=info.aux_weight,
-        augment_kind="none",
+        augment=steps.device_augment("none", 0),
         mesh=mesh,
     )
     batch = parallel.global_batch(synthetic_batch(batch_size, image_size, info.num_classes), mesh)

@@ -33,7 +33,7 @@ BEST_METRIC = "eval/top1"
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
-    return {
+    tree = {
         "step": state.step,
         "params": nnx.to_pure_dict(state.params),
         "model_state": nnx.to_pure_dict(state.model_state),
@@ -41,12 +41,22 @@ def _to_tree(state: TrainState) -> dict[str, Any]:
         "rng": state.rng,
         "metrics": state.metrics,
     }
+    if state.ema is not None:  # ema_decay > 0; runs without it keep the layout they had
+        tree["ema"] = {
+            "params": nnx.to_pure_dict(state.ema.params),
+            "model_state": nnx.to_pure_dict(state.ema.model_state),
+        }
+    return tree
 
 
 def _from_tree(tree: dict[str, Any], like: TrainState) -> TrainState:
     params, model_state = like.params, like.model_state
     nnx.replace_by_pure_dict(params, tree["params"])
     nnx.replace_by_pure_dict(model_state, tree["model_state"])
+    averaged = like.ema
+    if averaged is not None:
+        nnx.replace_by_pure_dict(averaged.params, tree["ema"]["params"])
+        nnx.replace_by_pure_dict(averaged.model_state, tree["ema"]["model_state"])
     return TrainState(
         step=tree["step"],
         params=params,
@@ -54,7 +64,32 @@ def _from_tree(tree: dict[str, Any], like: TrainState) -> TrainState:
         opt_state=tree["opt_state"],
         rng=tree["rng"],
         metrics=tree["metrics"],
+        ema=averaged,
     )
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        _key(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def layout_difference(directory: str, step: int, like: TrainState) -> str | None:
+    """What differs between the train state saved at `step` and the (abstract) `like`: the first
+    variable one has and the other has not, or whose shape differs; None when they match. A
+    config that changes the state's layout (another optimizer, EMA or clipping switched on or
+    off) cannot resume a checkpoint, and must not be taken for a damaged one."""
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+    ours, theirs = _leaf_shapes(_to_tree(like)), _leaf_shapes(saved.item_metadata.tree)
+    for name in sorted(ours.keys() | theirs.keys()):
+        if name not in theirs:
+            return f"{name} is not in the checkpoint"
+        if name not in ours:
+            return f"the checkpoint holds {name}, which this config has no use for"
+        if ours[name] != theirs[name]:
+            return f"{name} has shape {theirs[name]} in the checkpoint, {ours[name]} here"
+    return None
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -180,7 +215,7 @@ def _disk_full_is_a_run_error(directory: str, what: str) -> Iterator[None]:
 
 
 def _key(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _flat(tree: Any) -> dict[str, Any]:

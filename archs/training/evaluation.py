@@ -18,12 +18,14 @@ from archs.training.interrupts import StopRequests
 
 
 class Evaluator:
-    """`evaluator(state)` -> {'eval/loss', 'eval/top1', 'eval/top5'}, or None when stopped."""
+    """`evaluator(state)` -> {'eval/loss', 'eval/top1', 'eval/top5'} (and the same of the
+    EMA weights, 'eval/ema_loss', ..., when the eval step computes them), or None when
+    stopped."""
 
     def __init__(
         self,
         eval_data: data.EvalData,
-        eval_step: Callable[[steps.TrainState, steps.Batch], dict[str, jax.Array]],
+        eval_step: Callable[[steps.TrainState, steps.Batch], dict[str, dict[str, jax.Array]]],
         mesh: Mesh,
     ):
         self.data = eval_data
@@ -45,12 +47,12 @@ class Evaluator:
                 progress(done)
         finally:
             batches.close()
-        total = jax.device_get(total)
-        count = int(total["count"])
-        if count != self.data.num_examples:
-            raise RuntimeError(f"evaluated {count} examples, expected {self.data.num_examples}")
-        return {
-            "eval/loss": float(total["loss_sum"] / count),
-            "eval/top1": float(total["top1"] / count),
-            "eval/top5": float(total["top5"] / count),
-        }
+        metrics = {}
+        for prefix, sums in jax.device_get(total).items():
+            count = int(sums["count"])
+            if count != self.data.num_examples:
+                raise RuntimeError(f"evaluated {count} examples, expected {self.data.num_examples}")
+            metrics[f"{prefix}loss"] = float(sums["loss_sum"] / count)
+            metrics[f"{prefix}top1"] = float(sums["top1"] / count)
+            metrics[f"{prefix}top5"] = float(sums["top5"] / count)
+        return metrics

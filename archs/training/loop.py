@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import optax
 from clu import periodic_actions
 
 from archs.training import console, data, parallel, steps
@@ -170,15 +169,19 @@ class _Run:
     @contextlib.contextmanager
     def build(cls, plan: Plan, mesh: Any) -> Iterator[_Run]:
         c = plan.config
-        augment = data.device_augment_kind(plan.source, plan.preprocess)
+        augment = steps.device_augment(
+            data.device_augment_kind(plan.source, plan.preprocess),
+            c.crop_padding,
+            data.device_randaugment(plan.source, plan.preprocess),
+        )
         trainer, state, fresh = build_trainer(
             c,
             plan.create_model(),
-            schedule=plan.schedule or optax.constant_schedule(0.0),  # eval only: layout only
+            schedule=plan.optimizer_schedule,
             mean=tuple(c.input_mean),
             std=tuple(c.input_std),
             aux_weight=plan.info.aux_weight,
-            augment_kind=augment,
+            augment=augment,
             mesh=mesh,
             init_source=plan.init_source,
         )
@@ -219,7 +222,7 @@ class _Run:
             )
         self.clock = _TrainClock(wall_s)
         keep = None if self.plan.config.eval_only else self.step
-        self.writer = MetricsWriter(self.plan.workdir, keep_through_step=keep)
+        self.writer = MetricsWriter(self.plan.workdir, keep, self.plan.config)
 
     def train(self) -> str:
         """Steps until the last one (COMPLETE) or a stop request (PREEMPTED, INTERRUPTED)."""

@@ -6,7 +6,8 @@
 resumed run first drops the lines past its restored step, and tells TensorBoard to drop its
 events past that step too (a SessionLog START event, TensorBoard's own mechanism for the steps
 a crashed run wrote after its last checkpoint), so each step appears once in both.
-`provenance.json` keeps every launch of the run. Only process 0 writes.
+`provenance.json` keeps every launch of the run. The same scalars go to TensorBoard and to the
+experiment trackers the config's `writers` name. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 from clu import metric_writers
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from archs.training import trackers
 from archs.training.runs import PROVENANCE_NAME, read_launches, read_metrics
 
 PACKAGES = (
@@ -126,23 +129,27 @@ def _start_tensorboard_session(logdir: str, step: int) -> None:
 
 
 class MetricsWriter:
-    """metrics.jsonl and TensorBoard events of one run (process 0; no-ops elsewhere)."""
+    """metrics.jsonl, and the same scalars to the `writers` of the config: TensorBoard events
+    (clu) and experiment trackers (trackers.py). Process 0 writes; elsewhere these are no-ops."""
 
-    def __init__(self, workdir: str, keep_through_step: int | None):
+    def __init__(
+        self, workdir: str, keep_through_step: int | None, config: ml_collections.ConfigDict
+    ):
         """`keep_through_step`: drop what an earlier launch wrote past this step (a resume);
         None keeps everything (an evaluation of a finished run)."""
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.is_writer = jax.process_index() == 0
-        self.tensorboard = None
+        self.writers = None
         if not self.is_writer:
             return
-        if keep_through_step is not None:
-            if os.path.exists(self.path):
-                self._rewrite(
-                    [r for r in read_metrics(self.path) if r["step"] <= keep_through_step]
-                )
-            _start_tensorboard_session(workdir, keep_through_step)
-        self.tensorboard = metric_writers.SummaryWriter(workdir)
+        if keep_through_step is not None and os.path.exists(self.path):
+            self._rewrite([r for r in read_metrics(self.path) if r["step"] <= keep_through_step])
+        writers = trackers.open_trackers(config.writers, workdir, json.loads(config.to_json()))
+        if "tensorboard" in config.writers:
+            if keep_through_step is not None:
+                _start_tensorboard_session(workdir, keep_through_step)
+            writers.append(metric_writers.SummaryWriter(workdir))
+        self.writers = metric_writers.MultiWriter(writers)
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         with open(self.path, "w") as f:
@@ -154,8 +161,8 @@ class MetricsWriter:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
-        self.tensorboard.write_scalars(step, values)
-        self.tensorboard.flush()
+        self.writers.write_scalars(step, values)
+        self.writers.flush()
 
     def replace_eval(self, step: int, values: dict[str, float]) -> None:
         """The eval line of `step`, replacing an earlier one (eval_only evaluates again)."""
@@ -170,5 +177,5 @@ class MetricsWriter:
         self.write(step, values)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.writers is not None:
+            self.writers.close()

@@ -23,8 +23,13 @@ import optax
 from flax import nnx
 
 import archs
-from archs.training import data, normalization, optim, parallel
-from archs.training.checkpoint import flat_state, read_model_state, saved_steps
+from archs.training import data, mixing, normalization, optim, parallel, steps
+from archs.training.checkpoint import (
+    flat_state,
+    layout_difference,
+    read_model_state,
+    saved_steps,
+)
 from archs.training.config import check_config
 from archs.training.errors import ConfigError, first_line
 from archs.training.workdir import check_free
@@ -57,6 +62,12 @@ class Plan:
     saved_steps: tuple[int, ...]  # the workdir's checkpoints
     done: dict[str, Any] | None  # the workdir's done.json
     changed: tuple[str, ...]  # settings that differ from the workdir's config.json: 'k: a -> b'
+
+    @property
+    def optimizer_schedule(self) -> optax.Schedule:
+        """The schedule the optimizer is built with; evaluation only builds it for the train
+        state's layout (what a checkpoint restores into), so any schedule does."""
+        return self.schedule or optax.constant_schedule(0.0)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -169,6 +180,8 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     parallel.check_batch_size("batch_size", config.batch_size, config.grad_accum_steps)
+    if mixing.MixConfig.from_config(config).enabled:
+        mixing.check_pairs(config.batch_size, jax.device_count())
     eval_batch_size = config.eval_batch_size or config.batch_size
     parallel.check_batch_size("eval_batch_size", eval_batch_size)
     _check_workdir(workdir)
@@ -210,7 +223,7 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
             )
         total = config.num_train_steps or max(round(config.num_epochs * steps_per_epoch), 1)
         schedule = optim.learning_rate_schedule(config, steps_per_epoch, total)
-    return Plan(
+    plan = Plan(
         config=config,
         workdir=workdir,
         info=info,
@@ -230,6 +243,32 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         done=_read_json(os.path.join(workdir, "done.json")),
         changed=changed,
     )
+    if checkpoints:
+        _check_layout(plan, abstract)
+    return plan
+
+
+def _check_layout(plan: Plan, abstract: nnx.Module) -> None:
+    """The latest checkpoint holds the train state this config builds (a damaged one is left
+    to the restore, which moves it aside)."""
+    c = plan.config
+    _, params, model_state = steps.split_model(abstract)
+    tx = optim.make_optimizer(c, plan.optimizer_schedule)
+    like = jax.eval_shape(
+        lambda p, m: steps.init_state(p, m, tx, c.seed, with_ema=c.ema_decay > 0),
+        params,
+        model_state,
+    )
+    try:
+        difference = layout_difference(plan.checkpoint_dir, plan.resume_step, like)
+    except Exception:  # unreadable metadata: a damaged checkpoint, for the restore to handle
+        return
+    if difference:
+        raise ConfigError(
+            f"the checkpoint of step {plan.resume_step} in {plan.checkpoint_dir!r} does not fit "
+            f"this config ({difference}): a run cannot change its optimizer, ema_decay or "
+            "grad_clip_norm; use another workdir"
+        )
 
 
 def _every(steps: int, default: str) -> str:

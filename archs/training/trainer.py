@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from archs.training import optim, parallel, steps
+from archs.training import mixing, optim, parallel, steps
 from archs.training.checkpoint import load_into
 
 
@@ -30,7 +30,8 @@ class Trainer:
     tx: optax.GradientTransformation
     step_config: steps.StepConfig
     train_step: Callable[[steps.TrainState, steps.Batch], steps.TrainState]  # donates the state
-    eval_step: Callable[[steps.TrainState, steps.Batch], dict[str, jax.Array]]
+    # Metric sums by prefix: 'eval/' for the weights, 'eval/ema_' for their average (EMA on).
+    eval_step: Callable[[steps.TrainState, steps.Batch], dict[str, dict[str, jax.Array]]]
 
 
 def build_trainer(
@@ -41,15 +42,17 @@ def build_trainer(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     aux_weight: float,
-    augment_kind: str,
+    augment: steps.Augment,
     mesh: Mesh,
     init_source: dict[str, np.ndarray] | None = None,
 ) -> tuple[Trainer, steps.TrainState, list[str]]:
     """(trainer, initial state replicated on `mesh`, the variables `init_source` did not set).
 
-    `augment_kind` is the augmentation the train step applies on device (steps.device_augment);
-    `mean`/`std` normalise its uint8 input; `init_source` (flat model variables by path) starts
-    the model from another run's weights where their paths and shapes match.
+    `augment` is what the train step does to each uint8 example on device
+    (`steps.device_augment`); `mean`/`std` normalise its input; `init_source` (flat model
+    variables by path) starts the model from another run's weights where their paths and
+    shapes match. The config's training tricks (mixing, EMA, flip evaluation, gradient
+    clipping) are set here.
     """
     parts, params, model_state = steps.split_model(model)
     fresh = []
@@ -62,7 +65,11 @@ def build_trainer(
         dtype=jnp.dtype(config.dtype),
         label_smoothing=config.label_smoothing,
         aux_weight=aux_weight,
-        augment=steps.device_augment(augment_kind, config.crop_padding),
+        augment=augment,
+        mix=mixing.MixConfig.from_config(config),
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
+        eval_flip=config.eval_protocol == "flip",
     )
     train_step = parallel.distribute_train_step(
         lambda axis_name: steps.make_train_step(
@@ -77,10 +84,14 @@ def build_trainer(
         config.parallelism,
         config.bn_mode,
     )
+    weights = {"eval/": steps.make_eval_step(parts, step_config)}
+    if config.ema_decay:
+        weights["eval/ema_"] = steps.make_eval_step(parts, step_config, use_ema=True)
     eval_step = jax.jit(
-        steps.make_eval_step(parts, step_config),
+        lambda state, batch: {prefix: step(state, batch) for prefix, step in weights.items()},
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
         out_shardings=parallel.replicated(mesh),
     )
-    state = parallel.replicate(steps.init_state(params, model_state, tx, config.seed), mesh)
+    initial = steps.init_state(params, model_state, tx, config.seed, with_ema=config.ema_decay > 0)
+    state = parallel.replicate(initial, mesh)
     return Trainer(parts, tx, step_config, train_step, eval_step), state, fresh
