@@ -168,3 +168,38 @@ def test_a_missing_extra_is_a_one_line_config_error(name, tmp_path, monkeypatch)
         check_config(c)
     with pytest.raises(ConfigError, match=message):
         trackers.open_trackers((name,), str(tmp_path), CONFIG)
+
+
+@pytest.mark.slow
+def test_a_training_run_logs_to_mlflow_and_wandb_what_metrics_jsonl_holds(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    from mlflow import MlflowClient
+    from training_support import lines, run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    workdir = tmp_path / "run"
+    run(workdir, writers=("tensorboard", "mlflow", "wandb"), num_train_steps=4, eval_every_steps=2)
+    expected = {}  # (metric, step) -> value, from metrics.jsonl
+    for record in lines(workdir):
+        expected.update({(k, record["step"]): v for k, v in record.items() if k != "step"})
+    ids = json.loads((workdir / "trackers.json").read_text())
+
+    client = MlflowClient()
+    logged = {
+        (name, m.step): m.value
+        for name in {name for name, _ in expected}
+        for m in client.get_metric_history(ids["mlflow"], name)
+    }
+    assert logged == expected
+    assert client.get_run(ids["mlflow"]).data.params["num_train_steps"] == "4"
+
+    (path,) = tmp_path.glob(f"wandb/offline-run-*-{ids['wandb']}/run-{ids['wandb']}.wandb")
+    history = _wandb_history(read_wandb_run(path))
+    assert {(k, row["step"]): v for row in history for k, v in row.items() if k != "step"} == (
+        expected
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -415,3 +416,50 @@ def test_bad_trick_values_name_the_value_and_what_is_allowed(key, value, message
     with pytest.raises(ConfigError, match=message) as error:
         check_config(c)
     assert "\n" not in str(error.value)
+
+
+# ----- every knob at once, end to end ----------------------------------------------------------
+
+KNOBS = (
+    "ema_decay=0.9",
+    "ema_warmup=True",
+    "mixup_alpha=0.2",
+    "cutmix_alpha=1.0",
+    "randaugment=2,5",
+    "grad_clip_norm=1.0",
+    "eval_protocol=flip",
+    "batch_size=16",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_every_knob_on_8_devices_trains_evaluates_and_resumes_bitwise(pipeline, tmp_path):
+    from training_support import SMALL, cli, final_model, lines
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    args = (*SMALL, *KNOBS, f"data_pipeline={pipeline}")
+    whole = cli(tmp_path / "whole", *args, env=env)
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+
+    killed = cli(tmp_path / "killed", *args, env={**env, "TINY_STEP_SLEEP": "0.3"})
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert killed.poll() is None and time.time() < deadline, killed.communicate()[1][-2000:]
+        time.sleep(0.1)
+    killed.kill()
+    killed.wait()
+    resumed = cli(tmp_path / "killed", *args, env=env)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+
+    a, b = final_model(tmp_path / "whole"), final_model(tmp_path / "killed")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    ours, theirs = lines(tmp_path / "killed"), lines(tmp_path / "whole")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for x, y in zip(ours, theirs, strict=True):
+        for key in ("train/loss", "train/top1", "eval/loss", "eval/ema_loss", "eval/ema_top1"):
+            assert x.get(key) == y.get(key), (x["step"], key)
+    assert "eval/ema_top1" in theirs[-1]
