@@ -435,10 +435,21 @@ KNOBS = (
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["memory", "stream"])
 def test_every_knob_on_8_devices_trains_evaluates_and_resumes_bitwise(pipeline, tmp_path):
+    """Device augmentation and RandAugment in the step (memory, tfds mock data), or host
+    augmentation and RandAugment in tf.data (stream, an image folder on disk: tfds's mock
+    patches file access while a dataset is built, which checkpoints written meanwhile would
+    go through)."""
     from training_support import SMALL, cli, final_model, lines
+
+    from benchmarks.input_pipeline import synthetic_jpeg_folder
 
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     args = (*SMALL, *KNOBS, f"data_pipeline={pipeline}")
+    if pipeline == "stream":
+        synthetic_jpeg_folder(str(tmp_path / "images"), 48, classes=3, size=(40, 56))
+        synthetic_jpeg_folder(str(tmp_path / "images"), 16, classes=3, split="test", size=(48, 36))
+        args += (f"dataset=folder:{tmp_path / 'images'}", "eval_split=test", "augment=inception")
+        env["MOCK_DATA"] = "0"
     whole = cli(tmp_path / "whole", *args, env=env)
     _, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err[-3000:]

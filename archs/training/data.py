@@ -175,6 +175,8 @@ def prepare(source: Source) -> None:
 
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    if image.dtype == tf.uint8:
+        return image
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
