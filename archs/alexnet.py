@@ -50,6 +50,7 @@ from flax import nnx
 
 from archs import layers
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvImpl
 from archs.registry import register
 
 Array = jax.Array
@@ -124,6 +125,7 @@ class SequentialConvNet(Classifier):
         batch_norm: bool = False,
         conv_bias: bool = True,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
         features: list = []
@@ -148,6 +150,7 @@ class SequentialConvNet(Classifier):
                     kernel_init=init.conv_kernel,
                     bias_init=init.bias_for(f"conv{convs}", fan_in),
                     dtype=dtype,
+                    conv_general_dilated=conv.outside_scan,
                     rngs=rngs,
                 )
             )
@@ -265,6 +268,7 @@ def _alexnet_like(
     num_classes: int,
     rngs: nnx.Rngs,
     dtype: jnp.dtype,
+    conv: ConvImpl,
     lrn: bool,
     batch_norm: bool,
     drop_rate: float,
@@ -284,6 +288,7 @@ def _alexnet_like(
         batch_norm=batch_norm,
         conv_bias=not batch_norm,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 
@@ -293,6 +298,7 @@ def alexnet(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = False,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
@@ -304,6 +310,7 @@ def alexnet(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,
@@ -316,6 +323,7 @@ def alexnet_paper(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = True,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
@@ -329,6 +337,7 @@ def alexnet_paper(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,
@@ -340,6 +349,7 @@ def zfnet(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = True,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
@@ -351,6 +361,7 @@ def zfnet(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,

@@ -41,6 +41,7 @@ from flax import nnx
 
 from archs import layers, registry
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvFunction, ConvImpl
 
 Array = jax.Array
 
@@ -54,6 +55,7 @@ def _conv(
     *,
     stride: int = 1,
     dtype: jnp.dtype,
+    conv_general_dilated: ConvFunction,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A bias-free conv with torchvision DenseNet's init, padding kernel // 2."""
@@ -64,6 +66,7 @@ def _conv(
         stride=stride,
         kernel_init=layers.he_normal_fan_in,
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
@@ -79,13 +82,15 @@ class DenseLayer(nnx.Module):
         drop_rate: float,
         *,
         dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         width = bn_size * growth_rate
+        conv = {"dtype": dtype, "conv_general_dilated": conv_general_dilated, "rngs": rngs}
         self.norm1 = layers.batch_norm(in_channels, dtype=dtype, rngs=rngs)
-        self.conv1 = _conv(in_channels, width, 1, dtype=dtype, rngs=rngs)
+        self.conv1 = _conv(in_channels, width, 1, **conv)
         self.norm2 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
-        self.conv2 = _conv(width, growth_rate, 3, dtype=dtype, rngs=rngs)
+        self.conv2 = _conv(width, growth_rate, 3, **conv)
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate > 0 else None
 
     def __call__(self, x: Array) -> Array:
@@ -108,6 +113,7 @@ class DenseBlock(nnx.Module):
         drop_rate: float,
         *,
         dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         self.num_layers = num_layers
@@ -118,6 +124,7 @@ class DenseBlock(nnx.Module):
                 bn_size,
                 drop_rate,
                 dtype=dtype,
+                conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
             setattr(self, f"denselayer{i + 1}", layer)
@@ -132,9 +139,24 @@ class DenseBlock(nnx.Module):
 class Transition(nnx.Module):
     """BN-ReLU-1x1 conv to `out_channels`, then 2x2 stride-2 average pooling."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
+        rngs: nnx.Rngs,
+    ):
         self.norm = layers.batch_norm(in_channels, dtype=dtype, rngs=rngs)
-        self.conv = _conv(in_channels, out_channels, 1, dtype=dtype, rngs=rngs)
+        self.conv = _conv(
+            in_channels,
+            out_channels,
+            1,
+            dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
+            rngs=rngs,
+        )
 
     def __call__(self, x: Array) -> Array:
         return layers.avg_pool(self.conv(jax.nn.relu(self.norm(x))), 2, 2)
@@ -155,27 +177,25 @@ class DenseNet(Classifier):
         stem: str,
         drop_rate: float,
         dtype: jnp.dtype,
+        conv: ConvImpl,
         rngs: nnx.Rngs,
     ):
         self.stem = stem
         self.num_blocks = len(block_config)
+        build = {"dtype": dtype, "conv_general_dilated": conv.outside_scan, "rngs": rngs}
         if stem == "imagenet":
-            self.conv0 = _conv(3, num_init_features, 7, stride=2, dtype=dtype, rngs=rngs)
+            self.conv0 = _conv(3, num_init_features, 7, stride=2, **build)
             self.norm0 = layers.batch_norm(num_init_features, dtype=dtype, rngs=rngs)
         else:
-            self.conv0 = _conv(3, num_init_features, 3, dtype=dtype, rngs=rngs)
+            self.conv0 = _conv(3, num_init_features, 3, **build)
         channels = num_init_features
         for i, num_layers in enumerate(block_config, start=1):
-            block = DenseBlock(
-                num_layers, channels, growth_rate, bn_size, drop_rate, dtype=dtype, rngs=rngs
-            )
+            block = DenseBlock(num_layers, channels, growth_rate, bn_size, drop_rate, **build)
             setattr(self, f"denseblock{i}", block)
             channels += num_layers * growth_rate
             if i < self.num_blocks:
                 reduced = math.floor(compression * channels)
-                setattr(
-                    self, f"transition{i}", Transition(channels, reduced, dtype=dtype, rngs=rngs)
-                )
+                setattr(self, f"transition{i}", Transition(channels, reduced, **build))
                 channels = reduced
         self.norm5 = layers.batch_norm(channels, dtype=dtype, rngs=rngs)
         self.classifier = layers.linear(
@@ -213,6 +233,7 @@ def densenet(
     num_classes: int,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     growth_rate: int = 32,
     block_config: Sequence[int] = (6, 12, 24, 16),
     num_init_features: int | None = None,
@@ -249,6 +270,7 @@ def densenet(
         stem=stem,
         drop_rate=drop_rate,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 

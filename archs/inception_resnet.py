@@ -28,6 +28,7 @@ from flax import nnx
 
 from archs import layers
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvFunction, ConvImpl
 from archs.registry import INCEPTION_MEAN, INCEPTION_STD, register
 
 Array = jax.Array
@@ -87,7 +88,9 @@ REPEATS = {"repeat": 10, "repeat_1": 20, "repeat_2": 9}
 SCALES = {"repeat": 0.17, "repeat_1": 0.10, "repeat_2": 0.20}
 
 
-def conv_unit(in_channels: int, spec: Conv, dtype: jnp.dtype, rngs: nnx.Rngs) -> layers.ConvNormAct:
+def conv_unit(
+    in_channels: int, spec: Conv, dtype: jnp.dtype, conv: ConvFunction, rngs: nnx.Rngs
+) -> layers.ConvNormAct:
     """timm's conv unit: conv without bias, BatchNorm(eps 1e-3), ReLU; PyTorch's default init."""
     return layers.ConvNormAct(
         in_channels,
@@ -98,12 +101,13 @@ def conv_unit(in_channels: int, spec: Conv, dtype: jnp.dtype, rngs: nnx.Rngs) ->
         bn_eps=1e-3,
         kernel_init=layers.torch_default_init,
         dtype=dtype,
+        conv_general_dilated=conv,
         rngs=rngs,
     )
 
 
 def build_branch(
-    in_channels: int, branch: Branch, dtype: jnp.dtype, rngs: nnx.Rngs
+    in_channels: int, branch: Branch, dtype: jnp.dtype, conv: ConvFunction, rngs: nnx.Rngs
 ) -> tuple[nnx.Module, int]:
     """The branch's layers (the layer itself when it is one) and its output channels."""
     steps, channels = [], in_channels
@@ -115,7 +119,7 @@ def build_branch(
                 else layers.AvgPool(spec.kernel, spec.stride, spec.padding, count_include_pad=False)
             )
         else:
-            steps.append(conv_unit(channels, spec, dtype, rngs))
+            steps.append(conv_unit(channels, spec, dtype, conv, rngs))
             channels = spec.out
     return (steps[0] if len(steps) == 1 else nnx.List(steps)), channels
 
@@ -138,12 +142,13 @@ class Mixed(nnx.Module):
         branches: tuple[Branch, ...],
         *,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         self.num_branches = len(branches)
         self.concat_channels = 0
         for i, branch in enumerate(branches):
-            module, channels = build_branch(in_channels, branch, dtype, rngs)
+            module, channels = build_branch(in_channels, branch, dtype, conv_general_dilated, rngs)
             setattr(self, f"branch{i}", module)
             self.concat_channels += channels
 
@@ -164,9 +169,12 @@ class ResidualBlock(Mixed):
         scale: float,
         relu: bool = True,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
-        super().__init__(channels, branches, dtype=dtype, rngs=rngs)
+        super().__init__(
+            channels, branches, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs
+        )
         self.conv2d = layers.conv2d(
             self.concat_channels,
             channels,
@@ -175,6 +183,7 @@ class ResidualBlock(Mixed):
             kernel_init=layers.torch_default_init,
             bias_init=layers.torch_default_bias_init(self.concat_channels),
             dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
             rngs=rngs,
         )
         self.scale = scale
@@ -194,37 +203,37 @@ class InceptionResNetV2(Classifier):
         num_classes: int = 1000,
         drop_rate: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        def conv(cin: int, spec: Conv) -> layers.ConvNormAct:
-            return conv_unit(cin, spec, dtype, rngs)
+        build = {"dtype": dtype, "conv_general_dilated": conv.outside_scan, "rngs": rngs}
 
-        self.conv2d_1a = conv(3, Conv(32, 3, stride=2))
-        self.conv2d_2a = conv(32, Conv(32, 3))
-        self.conv2d_2b = conv(32, Conv(64, 3, padding=1))
-        self.conv2d_3b = conv(64, Conv(80, 1))
-        self.conv2d_4a = conv(80, Conv(192, 3))
-        self.mixed_5b = Mixed(192, MIXED_5B, dtype=dtype, rngs=rngs)
-        self.repeat = self._repeat(320, BLOCK35, "repeat", dtype, rngs)
-        self.mixed_6a = Mixed(320, MIXED_6A, dtype=dtype, rngs=rngs)
-        self.repeat_1 = self._repeat(1088, BLOCK17, "repeat_1", dtype, rngs)
-        self.mixed_7a = Mixed(1088, MIXED_7A, dtype=dtype, rngs=rngs)
-        self.repeat_2 = self._repeat(2080, BLOCK8, "repeat_2", dtype, rngs)
-        self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, dtype=dtype, rngs=rngs)
-        self.conv2d_7b = conv(2080, Conv(1536, 1))
+        def unit(cin: int, spec: Conv) -> layers.ConvNormAct:
+            return conv_unit(cin, spec, dtype, conv.outside_scan, rngs)
+
+        def repeat(channels: int, branches: tuple[Branch, ...], name: str) -> nnx.List:
+            return nnx.List(
+                [
+                    ResidualBlock(channels, branches, scale=SCALES[name], **build)
+                    for _ in range(REPEATS[name])
+                ]
+            )
+
+        self.conv2d_1a = unit(3, Conv(32, 3, stride=2))
+        self.conv2d_2a = unit(32, Conv(32, 3))
+        self.conv2d_2b = unit(32, Conv(64, 3, padding=1))
+        self.conv2d_3b = unit(64, Conv(80, 1))
+        self.conv2d_4a = unit(80, Conv(192, 3))
+        self.mixed_5b = Mixed(192, MIXED_5B, **build)
+        self.repeat = repeat(320, BLOCK35, "repeat")
+        self.mixed_6a = Mixed(320, MIXED_6A, **build)
+        self.repeat_1 = repeat(1088, BLOCK17, "repeat_1")
+        self.mixed_7a = Mixed(1088, MIXED_7A, **build)
+        self.repeat_2 = repeat(2080, BLOCK8, "repeat_2")
+        self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, **build)
+        self.conv2d_7b = unit(2080, Conv(1536, 1))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs)
         self.classif = layers.linear(1536, num_classes, dtype=dtype, rngs=rngs)
-
-    @staticmethod
-    def _repeat(
-        channels: int, branches: tuple[Branch, ...], name: str, dtype: jnp.dtype, rngs: nnx.Rngs
-    ) -> nnx.List:
-        return nnx.List(
-            [
-                ResidualBlock(channels, branches, scale=SCALES[name], dtype=dtype, rngs=rngs)
-                for _ in range(REPEATS[name])
-            ]
-        )
 
     def forward_features(self, x: Array) -> dict[str, Array]:
         feats = {}
@@ -248,13 +257,16 @@ def inception_resnet_v2(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     drop_rate: float = 0.0,
 ) -> InceptionResNetV2:
     """timm 1.0's `inception_resnet_v2`; `drop_rate` is the dropout before `classif`."""
     is_number = isinstance(drop_rate, int | float) and not isinstance(drop_rate, bool)
     if not (is_number and 0 <= drop_rate < 1):
         raise ValueError(f"drop_rate must be a dropout rate in [0, 1), got {drop_rate!r}")
-    return InceptionResNetV2(num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, rngs=rngs)
+    return InceptionResNetV2(
+        num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, conv=conv, rngs=rngs
+    )
 
 
 register(

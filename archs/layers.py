@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
-from archs import fast_conv
+from archs.convolution import ConvFunction
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -58,9 +59,11 @@ def conv2d(
     kernel_init: nnx.Initializer = he_normal_fan_out,
     bias_init: nnx.Initializer = ZEROS,
     dtype: jnp.dtype = jnp.float32,
+    conv_general_dilated: ConvFunction = lax.conv_general_dilated,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A convolution with PyTorch's explicit symmetric padding (default: kernel // 2)."""
+    """A convolution with PyTorch's explicit symmetric padding (default: kernel // 2), computed
+    by `conv_general_dilated` (see `archs.convolution`)."""
     kh, kw = pair(kernel_size)
     ph, pw = pair(padding) if padding is not None else (kh // 2, kw // 2)
     return nnx.Conv(
@@ -75,7 +78,7 @@ def conv2d(
         bias_init=bias_init,
         dtype=dtype,
         param_dtype=jnp.float32,
-        conv_general_dilated=fast_conv.conv_general_dilated,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
@@ -152,6 +155,7 @@ class ConvNormAct(nnx.Module):
         kernel_init: nnx.Initializer = he_normal_fan_out,
         bias_init: nnx.Initializer | None = None,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
         self.conv = conv2d(
@@ -165,6 +169,7 @@ class ConvNormAct(nnx.Module):
             kernel_init=kernel_init,
             bias_init=bias_init or nnx.initializers.zeros_init(),
             dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
             rngs=rngs,
         )
         self.bn = (
@@ -234,11 +239,13 @@ class SqueezeExcite(nnx.Module):
         *,
         reduced_channels: int | None = None,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
         hidden = reduced_channels or channels // reduction
-        self.fc1 = conv2d(channels, hidden, 1, bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = conv2d(hidden, channels, 1, bias=True, dtype=dtype, rngs=rngs)
+        conv = {"dtype": dtype, "conv_general_dilated": conv_general_dilated, "rngs": rngs}
+        self.fc1 = conv2d(channels, hidden, 1, bias=True, **conv)
+        self.fc2 = conv2d(hidden, channels, 1, bias=True, **conv)
 
     def __call__(self, x: Array) -> Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import references
+from archs.convolution import LAX, ConvImpl
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +75,8 @@ def register(
     interpolation: str = "bilinear",
     structure: str = "torchvision",
 ) -> None:
-    """Add a model; `builder(num_classes=, rngs=, dtype=, **overrides)` returns the module."""
+    """Add a model; `builder(num_classes=, rngs=, dtype=, conv=, **overrides)` returns the
+    module."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     ref = references.REFERENCES.get(name)
@@ -122,7 +124,7 @@ def model_overrides(name: str) -> list[str]:
     target = builder.func if isinstance(builder, functools.partial) else builder
     # nnx.Module classes hide their __init__ signature behind the metaclass's __call__.
     params = inspect.signature(target.__init__ if isinstance(target, type) else target).parameters
-    skip = ("self", "num_classes", "rngs", "dtype")
+    skip = ("self", "num_classes", "rngs", "dtype", "conv")
     return sorted(
         p
         for p, spec in params.items()
@@ -136,9 +138,15 @@ def create_model(
     num_classes: int | None = None,
     rngs: nnx.Rngs | None = None,
     dtype: Any = jnp.float32,
+    conv: ConvImpl = LAX,
     **overrides: Any,
 ) -> nnx.Module:
-    """Build a registered network with float32 parameters and `dtype` compute."""
+    """Build a registered network with float32 parameters and `dtype` compute.
+
+    `conv` chooses the convolution functions (`archs.convolution`; e.g.
+    `archs.fast_conv.for_backend(jax.default_backend())`): it changes how the network is
+    computed, never what, so it is not an override.
+    """
     entry = _entry(name)
     allowed = model_overrides(name)
     unknown = sorted(set(overrides) - set(allowed))
@@ -149,9 +157,12 @@ def create_model(
         )
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(conv, ConvImpl):
+        raise ValueError(f"conv must be an archs.convolution.ConvImpl, got {conv!r}")
     return entry.builder(
         num_classes=num_classes or entry.info.num_classes,
         rngs=rngs if rngs is not None else nnx.Rngs(0),
         dtype=dtype,
+        conv=conv,
         **overrides,
     )

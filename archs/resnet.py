@@ -24,11 +24,11 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   `legacy_senet154` (PyTorch MaxPool2d(3, 2, ceil_mode=True)); default padding 1, floor mode;
 - `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2);
 - `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
-  stacked parameters, so XLA compiles one block per stage instead of each (same function; much
-  faster compilation of the deep nets; the scanned convolutions are
-  `archs.fast_conv.scan_conv_general_dilated`, whose backward pass XLA:CPU runs as fast inside
-  the loop as outside); `remat`: recompute each block's activations in the
-  backward pass (`nnx.remat`) instead of storing them (less memory, about one more forward).
+  stacked parameters, so XLA compiles one block per stage instead of each (the same function,
+  compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
+  function of the model's `conv`, see `archs.convolution`); `remat`: recompute each block's
+  activations in the backward pass (`nnx.remat`) instead of storing them (less memory, about
+  one more forward).
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
 floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
@@ -63,8 +63,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archs import fast_conv, layers
+from archs import layers
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvFunction, ConvImpl
 from archs.registry import CIFAR10_MEAN, CIFAR10_STD, register
 
 Array = jax.Array
@@ -112,10 +113,13 @@ class Block(nnx.Module):
         se_divisor: int,
         zero_init_residual: bool,
         downsample_kernel: int,
+        conv_general_dilated: ConvFunction,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
     ):
-        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        conv = partial(
+            layers.conv2d, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs
+        )
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
         last_init = nnx.initializers.zeros_init() if zero_init_residual else None
         last_norm = partial(norm, scale_init=last_init) if last_init else norm
@@ -142,6 +146,7 @@ class Block(nnx.Module):
                 out_channels,
                 reduced_channels=se_width(out_channels, se_reduction, se_divisor),
                 dtype=dtype,
+                conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
             if attention == "se"
@@ -190,14 +195,9 @@ def _call_block(unit: Block, x: Array) -> Array:
 
 
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
-    """Identically shaped blocks as one Block whose variables are stacked on a new axis 0 (built
-    one by one first, so a scanned model starts from the unscanned model's values). Its
-    convolutions use `fast_conv.scan_conv_general_dilated`, whose backward pass stays fast inside
-    the scan on CPU."""
+    """Identically built blocks as one Block whose variables are stacked on a new axis 0 (built
+    one by one first, so a scanned model starts from the unscanned model's values)."""
     states = [nnx.state(unit) for unit in blocks]
-    for _, module in nnx.iter_graph(blocks[0]):
-        if isinstance(module, nnx.Conv):
-            module.conv_general_dilated = fast_conv.scan_conv_general_dilated
     return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(_stack, *states))
 
 
@@ -267,6 +267,7 @@ class ResNet(Classifier):
         scan_blocks: bool = False,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
         _check_choice("block", block, BLOCKS)
@@ -308,7 +309,9 @@ class ResNet(Classifier):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True or False")
 
-        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        stem_conv = partial(
+            layers.conv2d, dtype=dtype, conv_general_dilated=conv.outside_scan, rngs=rngs
+        )
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
         self.stem = stem
         self.pool_ceil_mode = pool_ceil_mode
@@ -316,17 +319,17 @@ class ResNet(Classifier):
             in_channels = stem_width * 2
             self.conv1 = nnx.List(
                 [
-                    conv(3, stem_width, 3, stride=2),
+                    stem_conv(3, stem_width, 3, stride=2),
                     norm(stem_width),
-                    conv(stem_width, stem_width, 3),
+                    stem_conv(stem_width, stem_width, 3),
                     norm(stem_width),
-                    conv(stem_width, in_channels, 3),
+                    stem_conv(stem_width, in_channels, 3),
                 ]
             )
         else:
             in_channels = stem_width
             kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
-            self.conv1 = conv(3, stem_width, kernel, stride=stride)
+            self.conv1 = stem_conv(3, stem_width, kernel, stride=stride)
         self.bn1 = norm(in_channels)
 
         self.num_stages = len(depths)
@@ -336,6 +339,7 @@ class ResNet(Classifier):
             stage = []
             for j in range(depth):
                 stride = 2 if index > 0 and j == 0 else 1
+                scanned = scan_blocks and j > 0
                 unit = Block(
                     in_channels,
                     planes,
@@ -351,6 +355,7 @@ class ResNet(Classifier):
                     se_divisor=se_divisor,
                     zero_init_residual=zero_init_residual,
                     downsample_kernel=downsample_kernel,
+                    conv_general_dilated=conv.inside_scan if scanned else conv.outside_scan,
                     dtype=dtype,
                     rngs=rngs,
                 )

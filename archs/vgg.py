@@ -42,6 +42,7 @@ from archs.alexnet import (
     check_drop_rate,
     check_flag,
 )
+from archs.convolution import LAX, ConvImpl
 from archs.registry import register
 
 ConfigEntry = int | str | tuple[int, int]
@@ -111,6 +112,7 @@ def vgg(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     config: str | Sequence[ConfigEntry] = "D",
     batch_norm: bool = False,
     lrn: bool = False,
@@ -130,6 +132,7 @@ def vgg(
         lrn_after=(1,) if lrn else (),
         batch_norm=batch_norm,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 

@@ -1,21 +1,22 @@
 """One train step's speed: `python -m benchmarks.train_step --model resnet50 --json`.
 
-Prints DESIGN's benchmark object: `compile_s` (lowering plus XLA compilation of the jitted
-step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each waited for),
-`images_per_sec` (global batch / median step), `devices`, `device_kind`,
+Prints the benchmark object of `docs/design.md`: `compile_s` (lowering plus XLA compilation of
+the jitted step), `step_ms` (the median of `--steps` timed steps after one warm-up step, each
+waited for), `images_per_sec` (global batch / median step), `devices`, `device_kind`,
 `train_gflops_per_image` (XLA's cost analysis of the whole step, forward, backward and
 optimizer update, lowered for the CPU: see `train_gflops_per_image`), `peak_gflops` (the best
 rate of a square matmul of random values in the compute dtype on one device, times the devices)
 and `mfu` (achieved train GFLOP/s over that peak); beside them `peak_memory_mb` (XLA's memory
 analysis: arguments + outputs - donated aliases + temporaries, per device) and the settings.
 
-The step is the training system's own, set up as `archs.training.loop` does: the model split by
-`steps.split_model`, `steps.make_train_step` through `parallel.distribute_train_step` (jit, sync
-BatchNorm: the state replicated and donated, the batch sharded on the mesh's `data` axis), SGD
-with Nesterov momentum and weight decay from `optim.make_optimizer`. It is fed one synthetic
-uint8 batch already on the devices (host augmentation and input excluded;
-`benchmarks.input_pipeline` measures those), and
-`time_steps` / `summarize` are shared with `benchmarks.flax_example` so both are timed alike.
+The step is the training system's own, set up as `archs.training.loop` does: the model built
+with `archs.fast_conv.for_backend` convolutions and split by `steps.split_model`,
+`steps.make_train_step` through `parallel.distribute_train_step` (jit, sync BatchNorm: the
+state replicated and donated, the batch sharded on the mesh's `data` axis), SGD with Nesterov
+momentum and weight decay from `optim.make_optimizer`. It is fed one synthetic uint8 batch
+already on the devices (host augmentation and input excluded; `benchmarks.input_pipeline`
+measures those), and `time_steps` / `summarize` are shared with `benchmarks.flax_example` so
+both are timed alike.
 
 `--model-kwargs '{"scan_blocks": true}'` passes model overrides; `--compilation-cache DIR` turns
 on JAX's persistent compilation cache (a second run then loads the executable instead of
@@ -39,6 +40,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 
 import archs
+from archs import fast_conv
 from archs.training import optim, parallel, steps
 from archs.training.config import base_config
 
@@ -77,10 +79,17 @@ def build_train_step(
     model_kwargs: dict | None = None,
 ) -> tuple[Callable, steps.TrainState, dict[str, jax.Array]]:
     """(jitted step, replicated train state, sharded synthetic batch); lower and call it under
-    `mesh`. Built outside the mesh context, eager model initialization shares its compiled
-    operations with models built elsewhere in the process."""
+    `mesh`. The model's convolutions are `fast_conv.for_backend` of the mesh's platform, as the
+    training system builds them. Built outside the mesh context, eager model initialization
+    shares its compiled operations with models built elsewhere in the process."""
     info = archs.model_info(name)
-    model = archs.create_model(name, rngs=nnx.Rngs(0), dtype=dtype, **(model_kwargs or {}))
+    model = archs.create_model(
+        name,
+        rngs=nnx.Rngs(0),
+        dtype=dtype,
+        conv=fast_conv.for_backend(mesh.devices.flat[0].platform),
+        **(model_kwargs or {}),
+    )
     parts, params, model_state = steps.split_model(model)
     config = base_config()
     config.update(model=name, batch_size=batch_size, nesterov=True, schedule="cosine")
@@ -191,7 +200,8 @@ def summarize(
     peak_gflops: float,
     gflops_per_image: float,
 ) -> dict[str, Any]:
-    """DESIGN's benchmark fields from the measurements, and the peak memory of `compiled`."""
+    """The benchmark fields of `docs/design.md` from the measurements, and the peak memory of
+    `compiled`."""
     step_s = statistics.median(step_seconds)
     images_per_sec = batch_size / step_s
     return {
@@ -226,7 +236,8 @@ def benchmark(
     devices: int | None = None,
     peak_gflops: float | None = None,
 ) -> dict[str, Any]:
-    """Compile and time the train step of `name`; the fields of DESIGN's benchmark object."""
+    """Compile and time the train step of `name`; the fields of `docs/design.md`'s benchmark
+    object."""
     image_size = image_size or archs.model_info(name).image_size
     mesh = device_mesh(devices)
     count = mesh.devices.size

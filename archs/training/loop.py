@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 import archs
+from archs import fast_conv
 from archs.training import data, optim, parallel, steps
 from archs.training.checkpoint import (
     Checkpoints,
@@ -64,6 +65,7 @@ class Plan:
             num_classes=self.num_classes,
             rngs=nnx.Rngs(c.seed),
             dtype=self.dtype,
+            conv=fast_conv.for_backend(jax.default_backend()),
             **c.model_kwargs.to_dict(),
         )
 
