@@ -1,4 +1,5 @@
-"""The base class every network derives from: the calling contract of DESIGN in one place.
+"""The base class every network derives from: the calling contract of `docs/design.md` in one
+place.
 
 A family implements `forward_features(x) -> dict` (named activations in order, ending with
 `pre_logits`), `head(pre_logits) -> logits` and, if it has auxiliary classifiers,

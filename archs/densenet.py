@@ -39,9 +39,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from archs import layers, registry
+from archs import layers
+from archs.checks import check, check_choice, check_positive_int, check_rate, is_number
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
+from archs.registry import CIFAR10, register
 
 Array = jax.Array
 
@@ -223,11 +225,6 @@ class DenseNet(Classifier):
         return self.classifier(pre_logits)
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def densenet(
     *,
     num_classes: int,
@@ -243,23 +240,20 @@ def densenet(
     drop_rate: float = 0.0,
 ) -> DenseNet:
     """A DenseNet-BC; `num_init_features` defaults to 2 * growth_rate. Bad values: ValueError."""
-    _check_positive_int("growth_rate", growth_rate)
-    _check_positive_int("bn_size", bn_size)
+    check_positive_int("growth_rate", growth_rate)
+    check_positive_int("bn_size", bn_size)
     if num_init_features is None:
         num_init_features = 2 * growth_rate
-    _check_positive_int("num_init_features", num_init_features)
-    if isinstance(block_config, str | bytes) or not isinstance(block_config, Sequence):
-        raise ValueError(f"block_config must be a sequence of positive ints, got {block_config!r}")
+    check_positive_int("num_init_features", num_init_features)
+    is_sequence = isinstance(block_config, Sequence) and not isinstance(block_config, str | bytes)
+    check("block_config", block_config, "a sequence of positive ints", is_sequence)
     if not block_config:
         raise ValueError("block_config must hold at least one block, got ()")
     for num_layers in block_config:
-        _check_positive_int(f"every entry of block_config {tuple(block_config)!r}", num_layers)
-    if isinstance(compression, bool) or not 0 < compression <= 1:
-        raise ValueError(f"compression must be in (0, 1], got {compression!r}")
-    if stem not in STEMS:
-        raise ValueError(f"stem must be one of {', '.join(map(repr, STEMS))}, got {stem!r}")
-    if isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
-        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        check_positive_int(f"every entry of block_config {tuple(block_config)!r}", num_layers)
+    check("compression", compression, "in (0, 1]", is_number(compression) and 0 < compression <= 1)
+    check_choice("stem", stem, STEMS)
+    check_rate("drop_rate", drop_rate)
     return DenseNet(
         num_classes=num_classes,
         growth_rate=growth_rate,
@@ -275,34 +269,26 @@ def densenet(
     )
 
 
-def _register() -> None:
-    torchvision_nets = {
-        "densenet121": dict(block_config=(6, 12, 24, 16)),
-        "densenet161": dict(growth_rate=48, block_config=(6, 12, 36, 24)),
-        "densenet169": dict(block_config=(6, 12, 32, 32)),
-        "densenet201": dict(block_config=(6, 12, 48, 32)),
-    }
-    for name, kwargs in torchvision_nets.items():
-        registry.register(name, functools.partial(densenet, **kwargs), family="densenet")
-    # Huang et al. 2017, Table 1.
-    registry.register(
-        "densenet264",
-        functools.partial(densenet, block_config=(6, 12, 64, 48)),
-        family="densenet",
-        structure="paper",
-    )
-    # Huang et al. 2017, Sec. 3/4: DenseNet-BC, L=100, k=12, three blocks of (100 - 4) / 6 layers.
-    registry.register(
-        "densenet_bc_100_12",
-        functools.partial(densenet, growth_rate=12, block_config=(16, 16, 16), stem="cifar"),
-        family="densenet",
-        image_size=32,
-        num_classes=10,
-        mean=registry.CIFAR10_MEAN,
-        std=registry.CIFAR10_STD,
-        crop_pct=1.0,
-        structure="paper",
-    )
-
-
-_register()
+for _name, _architecture in (
+    ("densenet121", {"block_config": (6, 12, 24, 16)}),
+    ("densenet161", {"growth_rate": 48, "block_config": (6, 12, 36, 24)}),
+    ("densenet169", {"block_config": (6, 12, 32, 32)}),
+    ("densenet201", {"block_config": (6, 12, 48, 32)}),
+):
+    register(_name, functools.partial(densenet, **_architecture), family="densenet")
+# Huang et al. 2017, Table 1.
+register(
+    "densenet264",
+    functools.partial(densenet, block_config=(6, 12, 64, 48)),
+    family="densenet",
+    structure="paper",
+)
+# Huang et al. 2017, Sec. 3/4: DenseNet-BC, L=100, k=12, three blocks of (100 - 4) / 6 layers.
+register(
+    "densenet_bc_100_12",
+    functools.partial(densenet, growth_rate=12, block_config=(16, 16, 16), stem="cifar"),
+    family="densenet",
+    structure="paper",
+    preprocessing=CIFAR10,
+    num_classes=10,
+)

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
+from archs.checks import check_flag, check_rate
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvImpl
 from archs.registry import IMAGENET_MEAN, IMAGENET_STD, register
@@ -178,12 +179,6 @@ def dense(
     )
 
 
-def sequential(steps: nnx.List, x: Array) -> Array:
-    for step in steps:
-        x = step(x)
-    return x
-
-
 class Inception(nnx.Module):
     """Four parallel branches concatenated on channels: 1x1; 1x1 reduce -> 3x3; 1x1 reduce ->
     "5x5" (`kernel_5x5`); 3x3/1 max pool -> 1x1 pool proj. Without `reduction_1x1` the 3x3 and
@@ -214,9 +209,9 @@ class Inception(nnx.Module):
         return jnp.concatenate(
             [
                 self.branch1(x),
-                sequential(self.branch2, x),
-                sequential(self.branch3, x),
-                sequential(self.branch4, x),
+                layers.apply_in_order(self.branch2, x),
+                layers.apply_in_order(self.branch3, x),
+                layers.apply_in_order(self.branch4, x),
             ],
             axis=-1,
         )
@@ -343,21 +338,6 @@ class GoogLeNet(Classifier):
         return self.aux1(features["inception4a"]), self.aux2(features["inception4d"])
 
 
-def check_override(name: str, value: object, allowed: str, ok: bool) -> None:
-    """Refuse a bad override value, naming it and what is allowed."""
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def check_rate(name: str, value: object) -> None:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    check_override(name, value, "a dropout rate in [0, 1)", is_number and 0 <= value < 1)
-
-
-def check_flag(name: str, value: object) -> None:
-    check_override(name, value, "True or False", isinstance(value, bool))
-
-
 def googlenet(
     *,
     num_classes: int = 1000,
@@ -419,5 +399,5 @@ def inception_v1(
     )
 
 
-register("googlenet", googlenet, family="googlenet", aux_weight=0.3, structure="torchvision")
-register("inception_v1", inception_v1, family="googlenet", aux_weight=0.3, structure="paper")
+register("googlenet", googlenet, family="googlenet", aux_weight=0.3)
+register("inception_v1", inception_v1, family="googlenet", structure="paper", aux_weight=0.3)

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
+from archs.checks import check_rate
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
-from archs.registry import INCEPTION_MEAN, INCEPTION_STD, register
+from archs.registry import INCEPTION_MEAN, INCEPTION_STD, Preprocessing, register
 
 Array = jax.Array
 
@@ -124,15 +125,6 @@ def build_branch(
     return (steps[0] if len(steps) == 1 else nnx.List(steps)), channels
 
 
-def run(step: nnx.Module, x: Array) -> Array:
-    """Apply a layer, or a list of layers in order."""
-    if isinstance(step, nnx.List):
-        for layer in step:
-            x = layer(x)
-        return x
-    return step(x)
-
-
 class Mixed(nnx.Module):
     """Parallel branches `branch0`, `branch1`, ... concatenated on channels (timm's Mixed_*)."""
 
@@ -153,7 +145,9 @@ class Mixed(nnx.Module):
             self.concat_channels += channels
 
     def __call__(self, x: Array) -> Array:
-        outs = [run(getattr(self, f"branch{i}"), x) for i in range(self.num_branches)]
+        outs = [
+            layers.apply_in_order(getattr(self, f"branch{i}"), x) for i in range(self.num_branches)
+        ]
         return jnp.concatenate(outs, axis=-1)
 
 
@@ -241,9 +235,9 @@ class InceptionResNetV2(Classifier):
         x = layers.max_pool(x, 3, 2)  # maxpool_3a
         x = self.conv2d_4a(self.conv2d_3b(x))
         x = feats["stem"] = layers.max_pool(x, 3, 2)  # maxpool_5a
-        x = feats["stage1"] = run(self.repeat, self.mixed_5b(x))
-        x = feats["stage2"] = run(self.repeat_1, self.mixed_6a(x))
-        x = run(self.repeat_2, self.mixed_7a(x))
+        x = feats["stage1"] = layers.apply_in_order(self.repeat, self.mixed_5b(x))
+        x = feats["stage2"] = layers.apply_in_order(self.repeat_1, self.mixed_6a(x))
+        x = layers.apply_in_order(self.repeat_2, self.mixed_7a(x))
         x = feats["stage3"] = self.conv2d_7b(self.block8(x))
         feats["pre_logits"] = layers.global_avg_pool(x)
         return feats
@@ -261,9 +255,7 @@ def inception_resnet_v2(
     drop_rate: float = 0.0,
 ) -> InceptionResNetV2:
     """timm 1.0's `inception_resnet_v2`; `drop_rate` is the dropout before `classif`."""
-    is_number = isinstance(drop_rate, int | float) and not isinstance(drop_rate, bool)
-    if not (is_number and 0 <= drop_rate < 1):
-        raise ValueError(f"drop_rate must be a dropout rate in [0, 1), got {drop_rate!r}")
+    check_rate("drop_rate", drop_rate)
     return InceptionResNetV2(
         num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, conv=conv, rngs=rngs
     )
@@ -273,10 +265,12 @@ register(
     "inception_resnet_v2",
     inception_resnet_v2,
     family="inception_resnet",
-    image_size=299,
-    mean=INCEPTION_MEAN,
-    std=INCEPTION_STD,
-    crop_pct=0.8975,
-    interpolation="bicubic",
     structure="timm",
+    preprocessing=Preprocessing(
+        image_size=299,
+        crop_pct=0.8975,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        interpolation="bicubic",
+    ),
 )

@@ -196,6 +196,16 @@ class ConvNormAct(nnx.Module):
         return x
 
 
+def apply_in_order(steps: Callable[[Array], Array] | Sequence[Callable], x: Array) -> Array:
+    """`x` through each layer of a list in order (an nnx.List standing for torch's
+    nn.Sequential), or through a single layer."""
+    if isinstance(steps, Sequence):
+        for step in steps:
+            x = step(x)
+        return x
+    return steps(x)
+
+
 class LocalResponseNorm(nnx.Module):
     """The AlexNet paper's LRN across channels: b = a / (k + alpha * sum_{n nbrs} a^2)^beta.
 

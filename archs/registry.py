@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import references
+from archs.checks import check, check_positive_int
 from archs.convolution import LAX, ConvImpl
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,6 +26,27 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is prepared, kept apart from its architecture (as timm keeps its
+    pretrained configs apart from its models): images scaled to [0, 1], resized so the short
+    side is `image_size / crop_pct` with `interpolation`, centre-cropped to `image_size`, then
+    `(x - mean) / std` per channel."""
+
+    image_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+
+IMAGENET = Preprocessing()
+"""torchvision's ImageNet evaluation: 224 from 256, bilinear, ImageNet mean and std."""
+
+CIFAR10 = Preprocessing(image_size=32, crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+"""CIFAR-10 images as they are, normalised with the training set's mean and std."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,33 +88,31 @@ def register(
     builder: Callable[..., nnx.Module],
     *,
     family: str,
-    image_size: int = 224,
-    num_classes: int = 1000,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    crop_pct: float = 0.875,
-    aux_weight: float = 0.0,
-    interpolation: str = "bilinear",
     structure: str = "torchvision",
+    preprocessing: Preprocessing = IMAGENET,
+    num_classes: int = 1000,
+    aux_weight: float = 0.0,
 ) -> None:
-    """Add a model; `builder(num_classes=, rngs=, dtype=, conv=, **overrides)` returns the
-    module."""
+    """Add a model. `builder(num_classes=, rngs=, dtype=, conv=, **overrides)` returns the
+    module; its other keywords are the architecture's (bind a variant's with
+    `functools.partial`); `num_classes` is the default head's size and `aux_weight` the loss
+    weight of auxiliary classifiers."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     ref = references.REFERENCES.get(name)
     info = ModelInfo(
         name=name,
         family=family,
-        image_size=image_size,
+        image_size=preprocessing.image_size,
         num_classes=num_classes,
-        mean=mean,
-        std=std,
-        crop_pct=crop_pct,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        crop_pct=preprocessing.crop_pct,
         aux_weight=aux_weight,
         reference_params=ref.params if ref else None,
         reference_gmacs=ref.gmacs if ref else None,
         reference_source=ref.source if ref else "",
-        interpolation=interpolation,
+        interpolation=preprocessing.interpolation,
         structure=structure,
     )
     _REGISTRY[name] = _Entry(builder, info)
@@ -155,10 +175,9 @@ def create_model(
             f"unknown override(s) {', '.join(unknown)} for model {name!r}; allowed: "
             f"{', '.join(allowed) or 'none'}"
         )
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(conv, ConvImpl):
-        raise ValueError(f"conv must be an archs.convolution.ConvImpl, got {conv!r}")
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes)
+    check("conv", conv, "an archs.convolution.ConvImpl", isinstance(conv, ConvImpl))
     return entry.builder(
         num_classes=num_classes or entry.info.num_classes,
         rngs=rngs if rngs is not None else nnx.Rngs(0),

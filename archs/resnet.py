@@ -53,6 +53,7 @@ map flat states between the two layouts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -64,9 +65,10 @@ import numpy as np
 from flax import nnx
 
 from archs import layers
+from archs.checks import check_choice, check_flag, check_positive_int, check_rate
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
-from archs.registry import CIFAR10_MEAN, CIFAR10_STD, register
+from archs.registry import CIFAR10, Preprocessing, register
 
 Array = jax.Array
 
@@ -77,20 +79,50 @@ ATTENTIONS = ("none", "se")
 STEMS = ("imagenet", "cifar", "deep")
 
 
-def _check_choice(name: str, value: object, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-
-
 def se_width(channels: int, reduction: int, divisor: int = 8) -> int:
     """timm's SE hidden width: channels / reduction to the nearest multiple of `divisor`, at
     least `divisor` (timm's make_divisible with round_limit=0)."""
     return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """What every block of a network shares (each part is described in the module docstring);
+    a bad value is a ValueError when the config is made."""
+
+    block: str = "bottleneck"
+    groups: int = 1
+    width_per_group: int = 64
+    reduce_first: int = 1
+    stride_in: str = "3x3"
+    shortcut: str = "B"
+    attention: str = "none"
+    se_reduction: int = 16
+    se_divisor: int = 8
+    zero_init_residual: bool = False
+    downsample_kernel: int = 1
+
+    def __post_init__(self):
+        check_choice("block", self.block, BLOCKS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("stride_in", self.stride_in, STRIDE_IN)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("downsample_kernel", self.downsample_kernel, (1, 3))
+        for name in ("groups", "width_per_group", "reduce_first", "se_reduction", "se_divisor"):
+            check_positive_int(name, getattr(self, name))
+        check_flag("zero_init_residual", self.zero_init_residual)
+        basic_defaults = (self.groups, self.width_per_group, self.reduce_first) == (1, 64, 1)
+        if self.block == "basic" and not basic_defaults:
+            raise ValueError(
+                f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
+                f"groups={self.groups}, width_per_group={self.width_per_group}, "
+                f"reduce_first={self.reduce_first}"
+            )
+
+    @property
+    def expansion(self) -> int:
+        """A block's output channels per plane."""
+        return 4 if self.block == "bottleneck" else 1
 
 
 class Block(nnx.Module):
@@ -101,18 +133,8 @@ class Block(nnx.Module):
         in_channels: int,
         planes: int,
         stride: int,
+        config: BlockConfig,
         *,
-        block: str,
-        groups: int,
-        width_per_group: int,
-        reduce_first: int,
-        stride_in: str,
-        shortcut: str,
-        attention: str,
-        se_reduction: int,
-        se_divisor: int,
-        zero_init_residual: bool,
-        downsample_kernel: int,
         conv_general_dilated: ConvFunction,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
@@ -121,22 +143,21 @@ class Block(nnx.Module):
             layers.conv2d, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs
         )
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
-        last_init = nnx.initializers.zeros_init() if zero_init_residual else None
+        last_init = nnx.initializers.zeros_init() if config.zero_init_residual else None
         last_norm = partial(norm, scale_init=last_init) if last_init else norm
-        self.bottleneck = block == "bottleneck"
+        self.bottleneck = config.block == "bottleneck"
+        out_channels = planes * config.expansion
         if self.bottleneck:
-            width = (planes * width_per_group // 64) * groups
-            first = width // reduce_first
-            out_channels = planes * 4
-            stride_1x1, stride_3x3 = (stride, 1) if stride_in == "1x1" else (1, stride)
+            width = (planes * config.width_per_group // 64) * config.groups
+            first = width // config.reduce_first
+            stride_1x1, stride_3x3 = (stride, 1) if config.stride_in == "1x1" else (1, stride)
             self.conv1 = conv(in_channels, first, 1, stride=stride_1x1)
             self.bn1 = norm(first)
-            self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=groups)
+            self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=config.groups)
             self.bn2 = norm(width)
             self.conv3 = conv(width, out_channels, 1)
             self.bn3 = last_norm(out_channels)
         else:
-            out_channels = planes
             self.conv1 = conv(in_channels, planes, 3, stride=stride)
             self.bn1 = norm(planes)
             self.conv2 = conv(planes, planes, 3)
@@ -144,20 +165,20 @@ class Block(nnx.Module):
         self.se = (
             layers.SqueezeExcite(
                 out_channels,
-                reduced_channels=se_width(out_channels, se_reduction, se_divisor),
+                reduced_channels=se_width(out_channels, config.se_reduction, config.se_divisor),
                 dtype=dtype,
                 conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
-            if attention == "se"
+            if config.attention == "se"
             else None
         )
         reshape = stride != 1 or in_channels != out_channels
-        self.shortcut = shortcut
+        self.shortcut = config.shortcut
         self.stride = stride
         self.pad_channels = out_channels - in_channels
-        project = shortcut == "C" or (shortcut == "B" and reshape)
-        kernel = downsample_kernel if stride != 1 else 1
+        project = config.shortcut == "C" or (config.shortcut == "B" and reshape)
+        kernel = config.downsample_kernel if stride != 1 else 1
         self.downsample = (
             nnx.List([conv(in_channels, out_channels, kernel, stride=stride), norm(out_channels)])
             if project
@@ -270,44 +291,41 @@ class ResNet(Classifier):
         conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        _check_choice("block", block, BLOCKS)
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-        _check_choice("stride_in", stride_in, STRIDE_IN)
-        _check_choice("attention", attention, ATTENTIONS)
-        _check_choice("stem", stem, STEMS)
-        _check_choice("downsample_kernel", downsample_kernel, (1, 3))
+        config = BlockConfig(
+            block=block,
+            groups=groups,
+            width_per_group=width_per_group,
+            reduce_first=reduce_first,
+            stride_in=stride_in,
+            shortcut=shortcut,
+            attention=attention,
+            se_reduction=se_reduction,
+            se_divisor=se_divisor,
+            zero_init_residual=zero_init_residual,
+            downsample_kernel=downsample_kernel,
+        )
+        check_choice("stem", stem, STEMS)
+        check_positive_int("stem_width", stem_width)
         depths, widths = tuple(depths), tuple(widths)
         if not depths or len(depths) != len(widths) or min(depths) < 1 or min(widths) < 1:
             raise ValueError(
                 f"depths={depths} and widths={widths} must be non-empty positive sequences "
                 "of equal length"
             )
-        if block == "basic" and (groups != 1 or width_per_group != 64 or reduce_first != 1):
-            raise ValueError(
-                f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
-                f"groups={groups}, width_per_group={width_per_group}, reduce_first={reduce_first}"
-            )
-        for name, value in (
-            ("groups", groups),
-            ("width_per_group", width_per_group),
-            ("reduce_first", reduce_first),
-            ("se_reduction", se_reduction),
-            ("se_divisor", se_divisor),
-            ("stem_width", stem_width),
-        ):
-            _check_positive_int(name, value)
-        expansion = 4 if block == "bottleneck" else 1
-        channels = [stem_width * (2 if stem == "deep" else 1)] + [w * expansion for w in widths]
+        channels = [stem_width * (2 if stem == "deep" else 1)]
+        channels += [w * config.expansion for w in widths]
         if shortcut == "A" and any(b < a for a, b in itertools.pairwise(channels)):
             raise ValueError(
                 f"shortcut='A' pads channels, so widths={widths} must not shrink them "
                 f"(stage channels {channels})"
             )
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate={drop_rate!r} must be in [0, 1)")
-        for name, value in (("scan_blocks", scan_blocks), ("remat", remat)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} must be True or False")
+        check_rate("drop_rate", drop_rate)
+        for name, value in (
+            ("pool_ceil_mode", pool_ceil_mode),
+            ("scan_blocks", scan_blocks),
+            ("remat", remat),
+        ):
+            check_flag(name, value)
 
         stem_conv = partial(
             layers.conv2d, dtype=dtype, conv_general_dilated=conv.outside_scan, rngs=rngs
@@ -344,22 +362,12 @@ class ResNet(Classifier):
                     in_channels,
                     planes,
                     stride,
-                    block=block,
-                    groups=groups,
-                    width_per_group=width_per_group,
-                    reduce_first=reduce_first,
-                    stride_in=stride_in,
-                    shortcut=shortcut,
-                    attention=attention,
-                    se_reduction=se_reduction,
-                    se_divisor=se_divisor,
-                    zero_init_residual=zero_init_residual,
-                    downsample_kernel=downsample_kernel,
+                    config,
                     conv_general_dilated=conv.inside_scan if scanned else conv.outside_scan,
                     dtype=dtype,
                     rngs=rngs,
                 )
-                in_channels = planes * expansion
+                in_channels = planes * config.expansion
                 stage.append(unit)
             if scan_blocks and depth > 1:
                 stage = [stage[0], stacked_blocks(stage[1:])]
@@ -402,13 +410,6 @@ class ResNet(Classifier):
         return self.fc(self.dropout(pre_logits))
 
 
-def _register(name: str, family: str, structure: str, **defaults) -> None:
-    """Register `name` as ResNet with `defaults`; model-info keywords are split off."""
-    info_keys = ("image_size", "num_classes", "mean", "std", "crop_pct", "interpolation")
-    info = {k: defaults.pop(k) for k in info_keys if k in defaults}
-    register(name, partial(ResNet, **defaults), family=family, structure=structure, **info)
-
-
 IMAGENET_DEPTHS = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -418,18 +419,18 @@ IMAGENET_DEPTHS = {
 }
 
 for _depth, _block in ((18, "basic"), (34, "basic"), (50, "bottleneck"), (101, "bottleneck")):
-    _register(
-        f"resnet{_depth}", "resnet", "torchvision", block=_block, depths=IMAGENET_DEPTHS[_depth]
+    register(
+        f"resnet{_depth}",
+        partial(ResNet, block=_block, depths=IMAGENET_DEPTHS[_depth]),
+        family="resnet",
     )
-_register("resnet152", "resnet", "torchvision", depths=IMAGENET_DEPTHS[152])
+register("resnet152", partial(ResNet, depths=IMAGENET_DEPTHS[152]), family="resnet")
 for _depth in (18, 34):
-    _register(
+    register(
         f"plain{_depth}",
-        "resnet",
-        "paper",
-        block="basic",
-        depths=IMAGENET_DEPTHS[_depth],
-        shortcut="none",
+        partial(ResNet, block="basic", depths=IMAGENET_DEPTHS[_depth], shortcut="none"),
+        family="resnet",
+        structure="paper",
     )
 
 # timm's default weights for resnext101_32x4d (fb_ssl_yfcc100m_ft_in1k) use bilinear resizing.
@@ -439,57 +440,74 @@ for _name, _structure, _depth, _groups, _wpg in (
     ("resnext101_32x8d", "torchvision", 101, 32, 8),
     ("resnext101_64x4d", "torchvision", 101, 64, 4),
 ):
-    _register(
+    register(
         _name,
-        "resnext",
-        _structure,
-        depths=IMAGENET_DEPTHS[_depth],
-        groups=_groups,
-        width_per_group=_wpg,
+        partial(ResNet, depths=IMAGENET_DEPTHS[_depth], groups=_groups, width_per_group=_wpg),
+        family="resnext",
+        structure=_structure,
     )
 
 # timm's default pretrained configs: bicubic resizing, crop 0.875 but seresnet50's a1_in1k 0.95.
-TIMM_SE = {"family": "senet", "structure": "timm", "attention": "se", "interpolation": "bicubic"}
-_register("seresnet50", **TIMM_SE, crop_pct=0.95)
-_register("seresnet101", **TIMM_SE, depths=IMAGENET_DEPTHS[101])
-_register("seresnet152", **TIMM_SE, depths=IMAGENET_DEPTHS[152])
-_register("seresnext50_32x4d", **TIMM_SE, groups=32, width_per_group=4)
-_register(
-    "seresnext101_32x4d", **TIMM_SE, depths=IMAGENET_DEPTHS[101], groups=32, width_per_group=4
-)
-_register(
-    "senet154",
-    **TIMM_SE,
-    depths=IMAGENET_DEPTHS[152],
-    groups=64,
-    width_per_group=4,
-    reduce_first=2,
-    stem="deep",
-    downsample_kernel=3,
-)
+TIMM_SE = Preprocessing(interpolation="bicubic")
+for _name, _preprocessing, _architecture in (
+    ("seresnet50", dataclasses.replace(TIMM_SE, crop_pct=0.95), {}),
+    ("seresnet101", TIMM_SE, {"depths": IMAGENET_DEPTHS[101]}),
+    ("seresnet152", TIMM_SE, {"depths": IMAGENET_DEPTHS[152]}),
+    ("seresnext50_32x4d", TIMM_SE, {"groups": 32, "width_per_group": 4}),
+    (
+        "seresnext101_32x4d",
+        TIMM_SE,
+        {"depths": IMAGENET_DEPTHS[101], "groups": 32, "width_per_group": 4},
+    ),
+    (
+        "senet154",
+        TIMM_SE,
+        {
+            "depths": IMAGENET_DEPTHS[152],
+            "groups": 64,
+            "width_per_group": 4,
+            "reduce_first": 2,
+            "stem": "deep",
+            "downsample_kernel": 3,
+        },
+    ),
+):
+    register(
+        _name,
+        partial(ResNet, attention="se", **_architecture),
+        family="senet",
+        structure="timm",
+        preprocessing=_preprocessing,
+    )
 
 # He et al. 2016, Sec. 4.2: 6n+2 layers; Xie et al. 2017, Sec. 5.3: ResNeXt-29.
-CIFAR = {
-    "stem": "cifar",
-    "image_size": 32,
-    "num_classes": 10,
-    "mean": CIFAR10_MEAN,
-    "std": CIFAR10_STD,
-    "crop_pct": 1.0,
-}
 for _n, _depth in ((3, 20), (5, 32), (7, 44), (9, 56), (18, 110), (200, 1202)):
-    _cifar_net = dict(block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem_width=16, **CIFAR)
-    _register(f"resnet{_depth}", "cifar_resnet", "paper", shortcut="A", **_cifar_net)
-    if _depth != 1202:
-        _register(f"plain{_depth}", "cifar_resnet", "paper", shortcut="none", **_cifar_net)
+    _cifar_net = partial(
+        ResNet, stem="cifar", block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem_width=16
+    )
+    _shortcuts = {"resnet": "A"} if _depth == 1202 else {"resnet": "A", "plain": "none"}
+    for _prefix, _shortcut in _shortcuts.items():
+        register(
+            f"{_prefix}{_depth}",
+            partial(_cifar_net, shortcut=_shortcut),
+            family="cifar_resnet",
+            structure="paper",
+            preprocessing=CIFAR10,
+            num_classes=10,
+        )
 for _cardinality in (8, 16):
-    _register(
+    register(
         f"resnext29_{_cardinality}x64d",
-        "cifar_resnext",
-        "paper",
-        depths=(3, 3, 3),
-        widths=(64, 128, 256),
-        groups=_cardinality,
-        width_per_group=64,
-        **CIFAR,
+        partial(
+            ResNet,
+            stem="cifar",
+            depths=(3, 3, 3),
+            widths=(64, 128, 256),
+            groups=_cardinality,
+            width_per_group=64,
+        ),
+        family="cifar_resnext",
+        structure="paper",
+        preprocessing=CIFAR10,
+        num_classes=10,
     )

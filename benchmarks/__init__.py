@@ -4,5 +4,5 @@ train_step (the contract of `docs/design.md`: one train step's speed, FLOPs and 
 compile (time to first step), scaling (throughput over device counts), input_pipeline (host
 images/s per core), flax_example (the google/flax examples/imagenet train step, timed the same
 way as ours), torchvision_step (torchvision's train step on PyTorch, timed the same way; the
-parity extra) and reference_figures (the parity engineer's published numbers).
+parity extra) and reference_figures (the torchvision/timm figures of `archs.references`).
 """

@@ -196,7 +196,7 @@ def branch_macs(branch: nnx.Module, height: int, channels: int) -> int:
     graphdef, state = nnx.split(branch)
 
     def forward(state, x):
-        return googlenet.sequential(nnx.merge(graphdef, state), x)
+        return layers.apply_in_order(nnx.merge(graphdef, state), x)
 
     x = jax.ShapeDtypeStruct((1, height, height, channels), jnp.float32)
     return _jaxpr_macs(jax.make_jaxpr(forward)(state, x).jaxpr)
@@ -236,9 +236,9 @@ def test_initialisation_follows_the_references():
         ("googlenet", {"aux_logits": "yes"}, "aux_logits must be True or False, got 'yes'"),
         ("googlenet", {"transform_input": 1}, "transform_input must be True or False, got 1"),
         ("inception_v1", {"reduction_1x1": None}, "reduction_1x1 must be True or False"),
-        ("inception_v1", {"drop_rate": 1.0}, "drop_rate must be a dropout rate in [0, 1), got 1.0"),
-        ("googlenet", {"aux_drop_rate": -0.1}, "aux_drop_rate must be a dropout rate"),
-        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be a dropout rate"),
+        ("inception_v1", {"drop_rate": 1.0}, "drop_rate must be in [0, 1), got 1.0"),
+        ("googlenet", {"aux_drop_rate": -0.1}, "aux_drop_rate must be in [0, 1), got -0.1"),
+        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be in [0, 1), got '0.2'"),
     ],
 )
 def test_bad_override_values_are_refused(name, overrides, message):

@@ -1,4 +1,4 @@
-"""The registry and calling contracts of DESIGN.md: names, errors, model_info, input checks,
+"""The registry and calling contracts of docs/design.md: names, errors, model_info, input checks,
 auxiliary outputs, and `python -m archs.summary --json`.
 
 Everything here is abstract (shapes only, `nnx.eval_shape` / `jax.eval_shape`) except the
@@ -19,8 +19,8 @@ import archs
 from archs import summary
 from archs.summary import abstract_model
 
-# DESIGN.md, "Model names".
-DESIGN_NAMES = [
+# docs/design.md, "Model names".
+CONTRACT_NAMES = [
     *["alexnet", "googlenet", "inception_resnet_v2"],
     *[f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
     *[f"resnet{d}" for d in (18, 34, 50, 101, 152)],
@@ -47,11 +47,11 @@ SUMMARY_FIELDS = {
 }
 
 
-def test_list_models_is_sorted_and_holds_the_design_names():
+def test_list_models_is_sorted_and_holds_the_contract_names():
     names = archs.list_models()
     assert names == sorted(names)
     assert len(set(names)) == len(names)
-    assert set(DESIGN_NAMES) <= set(names), sorted(set(DESIGN_NAMES) - set(names))
+    assert set(CONTRACT_NAMES) <= set(names), sorted(set(CONTRACT_NAMES) - set(names))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_unknown_override_lists_the_allowed_ones():
     assert "unknown override(s) width for model 'resnet50'" in message
     for allowed in archs.model_overrides("resnet50"):
         assert allowed in message
-    assert "shortcut" in message and "depths" in message  # DESIGN's ResNet overrides
+    assert "shortcut" in message and "depths" in message  # the contract's ResNet overrides
 
 
 @pytest.mark.parametrize("num_classes", [0, -3, 2.5])

@@ -40,7 +40,13 @@ def _tiny(
 
 
 if TINY not in registry.list_models():
-    registry.register(TINY, _tiny, family="test", image_size=8, num_classes=10)
+    registry.register(
+        TINY,
+        _tiny,
+        family="test",
+        preprocessing=registry.Preprocessing(image_size=8),
+        num_classes=10,
+    )
 
 
 def tiny_cost(width: int) -> tuple[int, float]:

@@ -40,7 +40,7 @@ from training_support import (
 )
 
 import archs
-from archs.registry import register
+from archs.registry import Preprocessing, register
 
 RTOL = 1e-4
 
@@ -369,7 +369,12 @@ def test_bad_input_catalogue_in_process(
     from archs.training import ConfigError
 
     if "tiny_other" not in archs.list_models():
-        register("tiny_other", _tiny, family="test", image_size=32, crop_pct=1.0)
+        register(
+            "tiny_other",
+            _tiny,
+            family="test",
+            preprocessing=Preprocessing(image_size=32, crop_pct=1.0),
+        )
     overrides = dict(overrides)
     if "model_kwargs" in overrides:
         overrides["model_kwargs"] = ml_collections.ConfigDict(overrides["model_kwargs"])

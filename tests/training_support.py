@@ -28,7 +28,7 @@ import archs
 from archs import layers
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvImpl
-from archs.registry import register
+from archs.registry import Preprocessing, register
 
 ROOT = Path(__file__).resolve().parents[1]
 MOCK_EXAMPLES = 40  # per split
@@ -77,7 +77,7 @@ def _tiny(
 
 
 if TINY not in archs.list_models():
-    register(TINY, _tiny, family="test", image_size=32, crop_pct=1.0)
+    register(TINY, _tiny, family="test", preprocessing=Preprocessing(image_size=32, crop_pct=1.0))
 
 
 @contextlib.contextmanager
