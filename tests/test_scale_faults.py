@@ -356,7 +356,7 @@ def other_model_checkpoint(tmp_path_factory):
     """An `archs.convert`-style checkpoint of a model sharing no variable with the tiny one."""
     from flax import nnx
 
-    from archs.convert import save_state
+    from archs.model_state import save_state
 
     model = archs.create_model("resnet20", num_classes=7, rngs=nnx.Rngs(0))
     return save_state(model, tmp_path_factory.mktemp("other") / "resnet20")

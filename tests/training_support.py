@@ -120,7 +120,7 @@ def lines(workdir):
 
 
 def final_model(workdir):
-    from archs.training.checkpoint import read_model_state
+    from archs.model_state import read_model_state
 
     return read_model_state(str(workdir))
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -57,13 +56,6 @@ def _from_tree(tree: dict[str, Any], like: TrainState) -> TrainState:
         rng=tree["rng"],
         metrics=tree["metrics"],
     )
-
-
-def saved_steps(directory: str) -> list[int]:
-    """Finished checkpoints in `directory`, read without creating anything."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
 class Checkpoints:
@@ -175,56 +167,6 @@ def _disk_full_is_a_run_error(directory: str, what: str) -> Iterator[None]:
                 ) from error
             cause = cause.__cause__ or cause.__context__
         raise
-
-
-def _key(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    return {_key(path): v for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def flat_state(state: nnx.State) -> dict[str, Any]:
-    """A model's variables flat by '/'-joined path, as `read_model_state` returns them."""
-    return _flat(nnx.to_pure_dict(state))
-
-
-def read_model_state(path: str) -> dict[str, np.ndarray]:
-    """Model variables of a checkpoint, flat by '/'-joined path.
-
-    `path` is a workdir of this system (its latest checkpoint), a checkpoint directory, or an
-    `archs.convert` output (a StandardCheckpointer pytree of the model state).
-    """
-    path = os.path.abspath(path)
-    for candidate in (os.path.join(path, "checkpoints"), path):
-        steps = saved_steps(candidate)
-        if steps:
-            tree = ocp.StandardCheckpointer().restore(
-                os.path.join(candidate, str(steps[-1]), "state")
-            )
-            return {**_flat(tree["params"]), **_flat(tree["model_state"])}
-    if os.path.isdir(os.path.join(path, "state")):
-        path = os.path.join(path, "state")
-    return _flat(ocp.StandardCheckpointer().restore(path))
-
-
-def load_into(source: dict[str, np.ndarray], state: nnx.State) -> list[str]:
-    """Copy the variables of `source` whose path and shape match into `state`, in place.
-
-    Returns the paths left as initialised (a new head for another num_classes).
-    """
-    fresh = []
-
-    def pick(path: tuple, value: Any) -> Any:
-        key = _key(path)
-        if key in source and np.shape(source[key]) == np.shape(value):
-            return np.asarray(source[key], dtype=np.asarray(value).dtype)
-        fresh.append(key)
-        return value
-
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(pick, nnx.to_pure_dict(state)))
-    return fresh
 
 
 class PreemptionGuard:

@@ -24,15 +24,9 @@ from flax import nnx
 
 import archs
 from archs import fast_conv
+from archs.model_state import flat_state, load_into, read_model_state, saved_steps
 from archs.training import data, optim, parallel, steps
-from archs.training.checkpoint import (
-    Checkpoints,
-    PreemptionGuard,
-    flat_state,
-    load_into,
-    read_model_state,
-    saved_steps,
-)
+from archs.training.checkpoint import Checkpoints, PreemptionGuard
 from archs.training.config import ConfigError, RunError, check_config
 from archs.training.metrics import MetricsWriter, provenance, read_jsonl, write_json
 
