@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from archs.checks import check
 from archs.convolution import ConvFunction
 
 Array = jax.Array
@@ -83,6 +84,84 @@ def conv2d(
     )
 
 
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm (same variables: `scale`, `bias`, `mean`, `var`) that can take its batch
+    statistics over groups of `group_size` consecutive examples of the batch it sees: ghost
+    batch normalisation (Hoffer et al. 2017, "Train longer, generalize better", Sec. 4). Each
+    group is normalised with its own mean and variance; the running statistics move towards
+    the mean over groups of the groups' means and variances. `group_size` 0 (the default) is
+    the whole batch: nnx.BatchNorm itself. Set it on a built model with `set_bn_group_size`.
+
+    The groups are cut from the batch this layer sees: the global batch under `jax.jit` (a
+    sharded batch stays sharded; XLA moves the examples a group needs), one device's under
+    `jax.shard_map` or `jax.pmap`, and one micro-batch's with gradient accumulation.
+    """
+
+    def __init__(self, num_features: int, *, group_size: int = 0, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.group_size = group_size
+
+    def __call__(
+        self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
+    ) -> Array:
+        running = self.use_running_average if use_running_average is None else use_running_average
+        if not self.group_size or running:
+            return super().__call__(x, use_running_average, mask=mask)
+        if mask is not None:
+            raise ValueError("BatchNorm with a group_size takes no mask")
+        n = x.shape[0]
+        if n % self.group_size:
+            raise ValueError(
+                f"bn_group_size={self.group_size} does not divide the batch of {n} examples this "
+                "BatchNorm sees"
+            )
+        # nnx.BatchNorm's arithmetic, per group: statistics in at least float32 (the fast
+        # variance E[x^2] - E[x]^2 unless use_fast_variance is off), normalisation in `dtype`.
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        groups = x.reshape(n // self.group_size, self.group_size, *x.shape[1:])
+        feature = self.axis % x.ndim + 1
+        axes = tuple(i for i in range(1, groups.ndim) if i != feature)
+        stats = groups.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+        mean = stats.mean(axes, keepdims=True)
+        if self.use_fast_variance:
+            var = jnp.maximum(0.0, jnp.square(stats).mean(axes, keepdims=True) - jnp.square(mean))
+        else:
+            var = jnp.square(stats - mean).mean(axes, keepdims=True)
+        feature_shape = [1] * groups.ndim
+        feature_shape[feature] = groups.shape[feature]
+        mul = lax.rsqrt(var + self.epsilon)
+        if scale is not None:
+            mul *= scale.reshape(feature_shape)
+        y = (groups - mean) * mul
+        if bias is not None:
+            y += bias.reshape(feature_shape)
+        m = self.momentum
+        self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.mean(0).ravel())
+        self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var.mean(0).ravel())
+        return y.reshape(x.shape).astype(x.dtype)
+
+
+def set_bn_group_size(model: nnx.Module, group_size: int) -> None:
+    """Make every BatchNorm of `model` take its statistics over groups of `group_size`
+    consecutive examples (ghost batch normalisation, see `BatchNorm`); 0 restores whole-batch
+    statistics. A group size that does not divide a batch is a ValueError when that batch
+    arrives."""
+    ok = isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 0
+    check("bn_group_size", group_size, "an int >= 0", ok)
+    norms = [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    for path, module in norms:
+        if not isinstance(module, BatchNorm):
+            where = ".".join(map(str, path))
+            raise ValueError(
+                f"{where} is an nnx.BatchNorm without groups (build it with "
+                "archs.layers.batch_norm)"
+            )
+    for _, module in norms:
+        module.group_size = group_size
+
+
 def batch_norm(
     num_features: int,
     *,
@@ -91,9 +170,9 @@ def batch_norm(
     scale_init: nnx.Initializer = ONES,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
-) -> nnx.BatchNorm:
+) -> BatchNorm:
     """BatchNorm with PyTorch's defaults; statistics and parameters in float32."""
-    return nnx.BatchNorm(
+    return BatchNorm(
         num_features,
         momentum=momentum,
         epsilon=eps,
