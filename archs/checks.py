@@ -43,3 +43,8 @@ def check_positive_int(name: str, value: object) -> None:
 def check_rate(name: str, value: object) -> None:
     """A dropout or drop-path probability: a number in [0, 1)."""
     check(name, value, "in [0, 1)", is_number(value) and 0 <= value < 1)
+
+
+def check_non_negative(name: str, value: object) -> None:
+    """A scale where 0 means "off", such as an initialisation's standard deviation."""
+    check(name, value, "a number >= 0", is_number(value) and value >= 0)

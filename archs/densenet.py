@@ -13,8 +13,12 @@ dense block), `num_init_features` (default 2k, as in every net of the paper and 
 - head: BN-ReLU-global average pooling-linear.
 
 Overrides of `create_model`: `growth_rate`, `block_config`, `num_init_features`, `bn_size`,
-`compression`, `stem` ('imagenet', 'cifar'), `drop_rate`. PyTorch's `memory_efficient` flag
-only trades memory for recomputation, so it has no counterpart here.
+`compression`, `stem` ('imagenet', 'cifar'), `drop_rate`, `fc_init_std` (0: the classifier
+initialised as below; > 0: its weights from N(0, fc_init_std), Goyal et al. 2017, Sec. 5.1).
+PyTorch's `memory_efficient` flag only trades memory for recomputation, so it has no
+counterpart here. No `drop_path_rate`: stochastic depth (Huang et al. 2016) drops a residual
+branch and keeps the identity, and a dense layer has no identity to keep; zeroing its new
+channels per example would be a dropout of feature maps, with no reference to follow.
 
 Initialisation as torchvision: convs kaiming_normal_ (fan-in; He et al. 2015, which the paper
 cites), BatchNorm 1/0, the classifier's weight PyTorch's default and its bias 0.
@@ -40,7 +44,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
-from archs.checks import check, check_choice, check_positive_int, check_rate, is_number
+from archs.checks import (
+    check,
+    check_choice,
+    check_non_negative,
+    check_positive_int,
+    check_rate,
+    is_number,
+)
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
 from archs.registry import CIFAR10, register
@@ -178,6 +189,7 @@ class DenseNet(Classifier):
         compression: float,
         stem: str,
         drop_rate: float,
+        fc_init_std: float,
         dtype: jnp.dtype,
         conv: ConvImpl,
         rngs: nnx.Rngs,
@@ -200,9 +212,10 @@ class DenseNet(Classifier):
                 setattr(self, f"transition{i}", Transition(channels, reduced, **build))
                 channels = reduced
         self.norm5 = layers.batch_norm(channels, dtype=dtype, rngs=rngs)
-        self.classifier = layers.linear(
+        self.classifier = layers.classifier_fc(
             channels,
             num_classes,
+            init_std=fc_init_std,
             bias_init=nnx.initializers.zeros_init(),
             dtype=dtype,
             rngs=rngs,
@@ -238,6 +251,7 @@ def densenet(
     compression: float = 0.5,
     stem: str = "imagenet",
     drop_rate: float = 0.0,
+    fc_init_std: float = 0.0,
 ) -> DenseNet:
     """A DenseNet-BC; `num_init_features` defaults to 2 * growth_rate. Bad values: ValueError."""
     check_positive_int("growth_rate", growth_rate)
@@ -254,6 +268,7 @@ def densenet(
     check("compression", compression, "in (0, 1]", is_number(compression) and 0 < compression <= 1)
     check_choice("stem", stem, STEMS)
     check_rate("drop_rate", drop_rate)
+    check_non_negative("fc_init_std", fc_init_std)
     return DenseNet(
         num_classes=num_classes,
         growth_rate=growth_rate,
@@ -263,6 +278,7 @@ def densenet(
         compression=compression,
         stem=stem,
         drop_rate=drop_rate,
+        fc_init_std=fc_init_std,
         dtype=dtype,
         conv=conv,
         rngs=rngs,

@@ -3,11 +3,13 @@
 Stem (conv2d_1a..conv2d_4a, two 3x3/2 max pools), mixed_5b, 10 Block35 (`repeat`, residual
 scale 0.17), mixed_6a, 20 Block17 (`repeat_1`, 0.10), mixed_7a, 9 Block8 (`repeat_2`, 0.20), a
 last Block8 without ReLU (`block8`, scale 1), conv2d_7b (1536), global average pool, dropout
-(`drop_rate`, timm's, default 0) and `classif`. Every conv unit is conv (no bias) + BatchNorm
-(eps 1e-3) + ReLU with timm's explicit paddings (0 unless stated); the blocks' 1x1 `conv2d` has
-a bias and no norm. The blocks are tables of branches (`MIXED_5B`, `BLOCK35`, ...) built by two
-classes, `Mixed` (branches concatenated) and `ResidualBlock` (`Mixed` + 1x1 conv + scaled
-residual). PyTorch's default initialisation throughout, as timm leaves it.
+(`drop_rate`, timm's, default 0) and `classif` (`fc_init_std` > 0: its weights from N(0,
+fc_init_std) and zero bias, Goyal et al. 2017, Sec. 5.1; 0: PyTorch's default). Every conv unit
+is conv (no bias) + BatchNorm (eps 1e-3) + ReLU with timm's explicit paddings (0 unless
+stated); the blocks' 1x1 `conv2d` has a bias and no norm. The blocks are tables of branches
+(`MIXED_5B`, `BLOCK35`, ...) built by two classes, `Mixed` (branches concatenated) and
+`ResidualBlock` (`Mixed` + 1x1 conv + scaled residual). PyTorch's default initialisation
+throughout, as timm leaves it.
 
 Module paths are timm's, so a timm key is our path plus the torch variable name with no
 renames: `repeat.0.branch1.1.conv.kernel` <-> `repeat.0.branch1.1.conv.weight`. A branch of
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
-from archs.checks import check_rate
+from archs.checks import check_non_negative, check_rate
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
 from archs.registry import INCEPTION_MEAN, INCEPTION_STD, Preprocessing, register
@@ -196,6 +198,7 @@ class InceptionResNetV2(Classifier):
         *,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
+        fc_init_std: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
         conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
@@ -227,7 +230,9 @@ class InceptionResNetV2(Classifier):
         self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, **build)
         self.conv2d_7b = unit(2080, Conv(1536, 1))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs)
-        self.classif = layers.linear(1536, num_classes, dtype=dtype, rngs=rngs)
+        self.classif = layers.classifier_fc(
+            1536, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
+        )
 
     def forward_features(self, x: Array) -> dict[str, Array]:
         feats = {}
@@ -253,11 +258,18 @@ def inception_resnet_v2(
     dtype: jnp.dtype = jnp.float32,
     conv: ConvImpl = LAX,
     drop_rate: float = 0.0,
+    fc_init_std: float = 0.0,
 ) -> InceptionResNetV2:
-    """timm 1.0's `inception_resnet_v2`; `drop_rate` is the dropout before `classif`."""
+    """timm 1.0's `inception_resnet_v2` (see the module docstring for the overrides)."""
     check_rate("drop_rate", drop_rate)
+    check_non_negative("fc_init_std", fc_init_std)
     return InceptionResNetV2(
-        num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, conv=conv, rngs=rngs
+        num_classes=num_classes,
+        drop_rate=drop_rate,
+        fc_init_std=fc_init_std,
+        dtype=dtype,
+        conv=conv,
+        rngs=rngs,
     )
 
 

@@ -204,6 +204,30 @@ def linear(
     )
 
 
+def classifier_fc(
+    in_features: int,
+    num_classes: int,
+    *,
+    init_std: float = 0.0,
+    bias_init: nnx.Initializer | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A network's last fc layer: `linear`'s initialisation (PyTorch's; `bias_init` if given)
+    or, with `init_std` > 0, weights from N(0, init_std) and zero bias (Goyal et al. 2017,
+    Sec. 5.1: std 0.01)."""
+    if init_std > 0:
+        return linear(
+            in_features,
+            num_classes,
+            kernel_init=nnx.initializers.normal(init_std),
+            bias_init=ZEROS,
+            dtype=dtype,
+            rngs=rngs,
+        )
+    return linear(in_features, num_classes, bias_init=bias_init, dtype=dtype, rngs=rngs)
+
+
 def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
     """PyTorch's default bias init for Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)

@@ -22,7 +22,9 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   stride (timm's `down_kernel_size=3`, which keeps 1x1 where the stride is 1);
 - `pool_ceil_mode`: the stem's max pool in ceil mode without padding, as Caffe and timm's
   `legacy_senet154` (PyTorch MaxPool2d(3, 2, ceil_mode=True)); default padding 1, floor mode;
-- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2);
+- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2); `fc_init_std`: 0 for
+  `fc`'s PyTorch-default initialisation, > 0 for weights from N(0, fc_init_std) and zero bias
+  (Goyal et al. 2017, Sec. 5.1: 0.01);
 - `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
   stacked parameters, so XLA compiles one block per stage instead of each (the same function,
   compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
@@ -65,7 +67,13 @@ import numpy as np
 from flax import nnx
 
 from archs import layers
-from archs.checks import check_choice, check_flag, check_positive_int, check_rate
+from archs.checks import (
+    check_choice,
+    check_flag,
+    check_non_negative,
+    check_positive_int,
+    check_rate,
+)
 from archs.classifier import Classifier
 from archs.convolution import LAX, ConvFunction, ConvImpl
 from archs.registry import CIFAR10, Preprocessing, register
@@ -285,6 +293,7 @@ class ResNet(Classifier):
         downsample_kernel: int = 1,
         pool_ceil_mode: bool = False,
         drop_rate: float = 0.0,
+        fc_init_std: float = 0.0,
         scan_blocks: bool = False,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
@@ -320,6 +329,7 @@ class ResNet(Classifier):
                 f"(stage channels {channels})"
             )
         check_rate("drop_rate", drop_rate)
+        check_non_negative("fc_init_std", fc_init_std)
         for name, value in (
             ("pool_ceil_mode", pool_ceil_mode),
             ("scan_blocks", scan_blocks),
@@ -374,7 +384,9 @@ class ResNet(Classifier):
             setattr(self, f"layer{index + 1}", nnx.List(stage))
         self.num_features = in_channels
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
-        self.fc = layers.linear(in_channels, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.classifier_fc(
+            in_channels, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
+        )
 
     def forward_stem(self, x: Array) -> Array:
         if self.stem == "deep":

@@ -291,3 +291,32 @@ def test_grouped_convolution_matches_per_group_loop():
                     window = padded[0, i : i + 3, j : j + 3, 2 * g : 2 * g + 2]
                     expected[0, i, j, o] = np.sum(window * kernel[..., o])
     np.testing.assert_allclose(conv(jnp.asarray(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def _flat_values(model: nnx.Module) -> dict[str, np.ndarray]:
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+
+
+def test_fc_init_std_draws_the_classifier_from_a_gaussian():
+    """Goyal et al. 2017, Sec. 5.1: fc weights from N(0, 0.01), zero bias; 0 keeps PyTorch's
+    U(+-1/sqrt(fan_in)) and every other variable is the same either way."""
+    tiny = {"num_classes": 1000, "depths": (1, 1, 1)}
+    plain = _flat_values(_build("resnet20", **tiny))
+    gaussian = _flat_values(_build("resnet20", fc_init_std=0.01, **tiny))
+    kernel = gaussian["fc.kernel"]  # 64 x 1000
+    assert kernel.std() == pytest.approx(0.01, rel=0.05)
+    assert abs(kernel.mean()) < 1e-3 and np.abs(kernel).max() > 0.03  # not uniform in 1/sqrt(3)
+    assert not gaussian["fc.bias"].any()
+    assert plain["fc.kernel"].std() == pytest.approx(1 / np.sqrt(3 * 64), rel=0.05)
+    assert np.abs(plain["fc.bias"]).max() <= 1 / 8 and plain["fc.bias"].any()
+    for path, value in plain.items():
+        if not path.startswith("fc."):
+            np.testing.assert_array_equal(gaussian[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "inception_resnet_v2"])
+def test_fc_init_std_is_an_override_of_the_families_with_a_plain_classifier(name):
+    assert "fc_init_std" in archs.model_overrides(name)
+    with pytest.raises(ValueError, match=r"fc_init_std must be a number >= 0, got -0\.01"):
+        archs.create_model(name, fc_init_std=-0.01)
