@@ -11,6 +11,12 @@ stated); the blocks' 1x1 `conv2d` has a bias and no norm. The blocks are tables 
 `ResidualBlock` (`Mixed` + 1x1 conv + scaled residual). PyTorch's default initialisation
 throughout, as timm leaves it.
 
+`drop_path_rate` (not in timm's model; default 0): stochastic depth (Huang et al. 2016) over
+the 40 residual blocks (`repeat`, `repeat_1`, `repeat_2`, `block8`, in that order): in
+training, block i's scaled branch is dropped per example with probability
+drop_path_rate * i / 39 and divided by 1 - p when kept; the identity in eval mode. Its draws
+come from the `dropout` RNG stream, which the train step reseeds every step.
+
 Module paths are timm's, so a timm key is our path plus the torch variable name with no
 renames: `repeat.0.branch1.1.conv.kernel` <-> `repeat.0.branch1.1.conv.weight`. A branch of
 one layer is that layer (`branch0.conv`), a longer one a list whose indices are timm's
@@ -185,8 +191,12 @@ class ResidualBlock(Mixed):
         self.scale = scale
         self.relu = relu
 
-    def __call__(self, x: Array) -> Array:
-        out = self.conv2d(super().__call__(x)) * self.scale + x
+    def __call__(self, x: Array, drop: tuple[Array, Array] | None = None) -> Array:
+        """`drop`: (key, rate) to drop the residual branch per example (`layers.drop_path`)."""
+        branch = self.conv2d(super().__call__(x)) * self.scale
+        if drop is not None:
+            branch = layers.drop_path(branch, drop[1], drop[0])
+        out = branch + x
         return jax.nn.relu(out) if self.relu else out
 
 
@@ -198,6 +208,7 @@ class InceptionResNetV2(Classifier):
         *,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         fc_init_std: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
         conv: ConvImpl = LAX,
@@ -233,17 +244,33 @@ class InceptionResNetV2(Classifier):
         self.classif = layers.classifier_fc(
             1536, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
         )
+        self.drop_path_rates = tuple(
+            layers.drop_path_rates(drop_path_rate, sum(REPEATS.values()) + 1)
+        )
+        # Last, so that the parameters are drawn as without drop path.
+        self.drop_path_rngs = rngs["dropout"].fork() if drop_path_rate else None
 
     def forward_features(self, x: Array) -> dict[str, Array]:
+        key = layers.drop_path_key(self.drop_path_rngs, self.deterministic)
+        drops = layers.block_drops(key, 0, self.drop_path_rates)
+
+        def residual_blocks(blocks: list[ResidualBlock], x: Array, first: int) -> Array:
+            """Blocks `first`, `first + 1`, ... of the network's residual blocks."""
+            for i, block in enumerate(blocks, start=first):
+                x = block(x, None if drops is None else (drops[0][i], drops[1][i]))
+            return x
+
         feats = {}
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = layers.max_pool(x, 3, 2)  # maxpool_3a
         x = self.conv2d_4a(self.conv2d_3b(x))
         x = feats["stem"] = layers.max_pool(x, 3, 2)  # maxpool_5a
-        x = feats["stage1"] = layers.apply_in_order(self.repeat, self.mixed_5b(x))
-        x = feats["stage2"] = layers.apply_in_order(self.repeat_1, self.mixed_6a(x))
-        x = layers.apply_in_order(self.repeat_2, self.mixed_7a(x))
-        x = feats["stage3"] = self.conv2d_7b(self.block8(x))
+        first_1, first_2 = len(self.repeat), len(self.repeat) + len(self.repeat_1)
+        x = feats["stage1"] = residual_blocks(self.repeat, self.mixed_5b(x), 0)
+        x = feats["stage2"] = residual_blocks(self.repeat_1, self.mixed_6a(x), first_1)
+        x = residual_blocks(self.repeat_2, self.mixed_7a(x), first_2)
+        x = residual_blocks([self.block8], x, first_2 + len(self.repeat_2))
+        x = feats["stage3"] = self.conv2d_7b(x)
         feats["pre_logits"] = layers.global_avg_pool(x)
         return feats
 
@@ -258,14 +285,17 @@ def inception_resnet_v2(
     dtype: jnp.dtype = jnp.float32,
     conv: ConvImpl = LAX,
     drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
     fc_init_std: float = 0.0,
 ) -> InceptionResNetV2:
     """timm 1.0's `inception_resnet_v2` (see the module docstring for the overrides)."""
     check_rate("drop_rate", drop_rate)
+    check_rate("drop_path_rate", drop_path_rate)
     check_non_negative("fc_init_std", fc_init_std)
     return InceptionResNetV2(
         num_classes=num_classes,
         drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
         fc_init_std=fc_init_std,
         dtype=dtype,
         conv=conv,

@@ -367,6 +367,39 @@ class SqueezeExcite(nnx.Module):
         return x * s
 
 
+def drop_path(x: Array, rate: float | Array, key: Array) -> Array:
+    """Stochastic depth (Huang et al. 2016): each example's `x` (a residual branch) zeroed with
+    probability `rate`, the kept ones scaled by 1 / (1 - rate) so the expectation is `x`."""
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Per-block drop probabilities rising linearly from 0 at the first block to `rate` at the
+    last (Huang et al. 2016's linear decay rule; timm's `drop_path_rate`)."""
+    return [rate * i / (blocks - 1) if blocks > 1 else 0.0 for i in range(blocks)]
+
+
+def drop_path_key(stream: nnx.RngStream | None, deterministic: bool) -> Array | None:
+    """A fresh key for one forward pass's drop-path draws from `stream` (an RNG stream the
+    train step reseeds); None in eval mode or without drop path."""
+    return None if stream is None or deterministic else stream()
+
+
+def block_drops(
+    key: Array | None, first: int, rates: Sequence[float]
+) -> tuple[Array, Array] | None:
+    """`(keys, rates)` for blocks `first`, `first + 1`, ... of a network: each block's key is
+    `key` folded with its index, so every block draws its own examples to drop, in a scan as
+    outside one. None (nothing to drop) without a key or when every rate is 0."""
+    if key is None or not any(rates):
+        return None
+    indices = jnp.arange(first, first + len(rates))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+    return keys, jnp.asarray(rates, jnp.float32)
+
+
 def max_pool(
     x: Array,
     kernel_size: int,

@@ -25,6 +25,12 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
 - `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2); `fc_init_std`: 0 for
   `fc`'s PyTorch-default initialisation, > 0 for weights from N(0, fc_init_std) and zero bias
   (Goyal et al. 2017, Sec. 5.1: 0.01);
+- `drop_path_rate`: stochastic depth (Huang et al. 2016): in training, each block's residual
+  branch is dropped per example with a probability rising linearly over the blocks of the
+  network, from 0 at the first to `drop_path_rate` at the last (block i of N: rate * i /
+  (N - 1), as timm), and scaled by 1 / (1 - p) when kept; the identity in eval mode. Its draws
+  come from the `dropout` RNG stream (which the train step reseeds every step), each block
+  its own; not for `shortcut='none'`;
 - `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
   stacked parameters, so XLA compiles one block per stage instead of each (the same function,
   compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
@@ -212,15 +218,18 @@ class Block(nnx.Module):
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (before, self.pad_channels - before)))
         return x
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, drop: tuple[Array, Array] | None = None) -> Array:
+        """`drop`: (key, rate) to drop the residual branch per example (`layers.drop_path`)."""
         out = self.residual(x)
+        if drop is not None:
+            out = layers.drop_path(out, drop[1], drop[0])
         if self.shortcut != "none":
             out = out + self.identity(x)
         return jax.nn.relu(out)
 
 
-def _call_block(unit: Block, x: Array) -> Array:
-    return unit(x)
+def _call_block(unit: Block, x: Array, drop: tuple[Array, Array] | None) -> Array:
+    return unit(x, drop)
 
 
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
@@ -293,6 +302,7 @@ class ResNet(Classifier):
         downsample_kernel: int = 1,
         pool_ceil_mode: bool = False,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         fc_init_std: float = 0.0,
         scan_blocks: bool = False,
         remat: bool = False,
@@ -329,6 +339,12 @@ class ResNet(Classifier):
                 f"(stage channels {channels})"
             )
         check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
+        if drop_path_rate and shortcut == "none":
+            raise ValueError(
+                f"drop_path_rate={drop_path_rate!r} needs residual blocks; shortcut='none' has "
+                "no identity to keep"
+            )
         check_non_negative("fc_init_std", fc_init_std)
         for name, value in (
             ("pool_ceil_mode", pool_ceil_mode),
@@ -360,7 +376,9 @@ class ResNet(Classifier):
             self.conv1 = stem_conv(3, stem_width, kernel, stride=stride)
         self.bn1 = norm(in_channels)
 
-        self.num_stages = len(depths)
+        rates = layers.drop_path_rates(drop_path_rate, sum(depths))
+        starts = list(itertools.accumulate(depths, initial=0))
+        self.drop_path_rates = tuple(tuple(rates[a:b]) for a, b in itertools.pairwise(starts))
         self.scan_blocks = scan_blocks
         self.remat = remat
         for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
@@ -387,6 +405,8 @@ class ResNet(Classifier):
         self.fc = layers.classifier_fc(
             in_channels, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
         )
+        # Last, so that the parameters are drawn as without drop path.
+        self.drop_path_rngs = rngs["dropout"].fork() if drop_path_rate else None
 
     def forward_stem(self, x: Array) -> Array:
         if self.stem == "deep":
@@ -406,14 +426,20 @@ class ResNet(Classifier):
     def forward_features(self, x: Array) -> dict[str, Array]:
         feats = {"stem": self.forward_stem(x)}
         out = feats["stem"]
+        key = layers.drop_path_key(self.drop_path_rngs, self.deterministic)
         call = nnx.remat(_call_block) if self.remat else _call_block
-        for index in range(1, self.num_stages + 1):
-            stage = getattr(self, f"layer{index}")
-            for j, unit in enumerate(stage):
+        first = 0
+        for index, rates in enumerate(self.drop_path_rates, start=1):
+            drops = layers.block_drops(key, first, rates)
+            for j, unit in enumerate(getattr(self, f"layer{index}")):
                 if self.scan_blocks and j == 1:
-                    out = nnx.scan(call, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(unit, out)
+                    rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
+                    scan = nnx.scan(call, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+                    out = scan(unit, out, rest)
                 else:
-                    out = call(unit, out)
+                    own = None if drops is None else jax.tree.map(lambda a, j=j: a[j], drops)
+                    out = call(unit, out, own)
+            first += len(rates)
             feats[f"stage{index}"] = out
         feats["pre_logits"] = layers.global_avg_pool(out)
         return feats

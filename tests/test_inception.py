@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 import archs
-from archs import googlenet, layers, references
+from archs import googlenet, inception_resnet, layers, references
 from archs.summary import _jaxpr_macs, abstract_model, count_macs, count_params
 
 # Tiny inputs on a CPU: XLA's compile time matters, not the speed of the compiled code.
@@ -245,3 +245,31 @@ def test_bad_override_values_are_refused(name, overrides, message):
     with pytest.raises(ValueError) as err:
         archs.create_model(name, **overrides)
     assert message in str(err.value)
+
+
+def test_inception_resnet_v2_drop_path_over_its_40_residual_blocks(monkeypatch):
+    """Rates rise linearly over repeat (10), repeat_1 (20), repeat_2 (9) and block8; each of the
+    40 residual blocks receives its own (key, rate) in training and nothing in eval mode."""
+    model = abstract_model("inception_resnet_v2", drop_path_rate=0.2)
+    np.testing.assert_allclose(model.drop_path_rates, np.linspace(0, 0.2, 40), atol=1e-12)
+    received = []
+    call = inception_resnet.ResidualBlock.__call__
+
+    def recording(block, x, drop=None):
+        received.append(drop)
+        return call(block, x, drop)
+
+    monkeypatch.setattr(inception_resnet.ResidualBlock, "__call__", recording)
+    graphdef, state = nnx.split(model)
+
+    def run(state, x, train):
+        net = nnx.merge(graphdef, state)
+        net.train() if train else net.eval()
+        return net(x)
+
+    x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)
+    for train in (True, False):
+        received.clear()
+        assert jax.eval_shape(functools.partial(run, train=train), state, x).shape == (2, 1000)
+        assert len(received) == 40
+        assert all(drop is not None for drop in received) if train else received == [None] * 40
