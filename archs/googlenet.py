@@ -147,7 +147,7 @@ ConvUnit = Callable[..., layers.ConvNormAct]
 """`conv(in_channels, out_channels, kernel_size, **kwargs)`: the variant's conv unit."""
 
 
-def conv_unit(variant: Variant, dtype: jnp.dtype, conv: ConvImpl, rngs: nnx.Rngs) -> ConvUnit:
+def conv_unit(variant: Variant, dtype: jnp.dtype, rngs: nnx.Rngs, conv: ConvImpl = LAX) -> ConvUnit:
     """torchvision's BasicConv2d or the paper's conv + bias + ReLU, with their inits."""
     return functools.partial(
         layers.ConvNormAct,
@@ -232,7 +232,7 @@ class InceptionAux(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.pool = variant.aux_pool
-        self.conv = conv_unit(variant, dtype, conv, rngs)(in_channels, 128, 1)
+        self.conv = conv_unit(variant, dtype, rngs, conv)(in_channels, 128, 1)
         self.fc1 = dense(variant, 4 * 4 * 128, 1024, variant.hidden_bias_init, dtype, rngs)
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
         self.fc2 = dense(variant, 1024, num_classes, variant.classifier_bias_init, dtype, rngs)
@@ -270,7 +270,7 @@ class GoogLeNet(Classifier):
         conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        unit = conv_unit(variant, dtype, conv, rngs)
+        unit = conv_unit(variant, dtype, rngs, conv)
         self.transform_input = transform_input
         self.conv1 = unit(3, 64, 7, stride=2)
         self.conv2 = unit(64, 64, 1)
