@@ -1,6 +1,5 @@
 """AlexNet (torchvision's and Krizhevsky et al. 2012's), AlexNet-BN and ZFNet (Zeiler & Fergus
-2014), and the layout they share with VGG: a table of convolutions and max pools, adaptive
-average pooling, then a three-layer MLP (`SequentialConvNet`, which `archs.vgg` reuses).
+2014), as layer tables of `archs.sequential_net.SequentialConvNet` (the layout VGG shares).
 
 Models (`create_model` names):
   alexnet      torchvision's: 64-192-384-256-256, conv1 11x11/4 padding 2, dropout before fc1
@@ -41,61 +40,16 @@ takes torch's (C, H, W) order, so converted fc weights compute the same function
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
-from functools import partial
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
-from archs.classifier import Classifier
-from archs.registry import register
-
-Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvLayer:
-    """One convolution of a layer table, followed by its ReLU; padding None is kernel // 2."""
-
-    out_channels: int
-    kernel_size: int
-    stride: int = 1
-    padding: int | None = None
-    groups: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Pool:
-    """One max pool of a layer table (PyTorch's floor mode); it ends a stage."""
-
-    kernel_size: int
-    stride: int
-    padding: int = 0
-
-
-LayerSpec = ConvLayer | Pool
-
-
-def _zeros(fan_in: int) -> nnx.Initializer:
-    del fan_in
-    return nnx.initializers.zeros_init()
-
-
-@dataclasses.dataclass(frozen=True)
-class Init:
-    """How a network starts: conv and fc kernels, biases as a function of fan-in, and the
-    layers (`conv1`.. and `fc1`..`fc3`, counted from the input) whose biases start at 1."""
-
-    conv_kernel: nnx.Initializer
-    linear_kernel: nnx.Initializer
-    bias: Callable[[int], nnx.Initializer] = _zeros
-    ones: frozenset[str] = frozenset()
-
-    def bias_for(self, layer: str, fan_in: int) -> nnx.Initializer:
-        return nnx.initializers.ones_init() if layer in self.ones else self.bias(fan_in)
-
+from archs.checks import check, check_flag, check_rate
+from archs.convolution import LAX, ConvImpl
+from archs.registry import Preprocessing, register
+from archs.sequential_net import ConvLayer, Init, LayerSpec, Pool, SequentialConvNet
 
 TORCH_DEFAULT_INIT = Init(
     layers.torch_default_init, layers.torch_default_init, layers.torch_default_bias_init
@@ -104,115 +58,9 @@ GAUSSIAN_INIT = Init(nnx.initializers.normal(0.01), nnx.initializers.normal(0.01
 """N(0, 0.01) weights and zero biases: ZFNet's (Sec. 3), and AlexNet's apart from its ones."""
 
 
-class SequentialConvNet(Classifier):
-    """Convs and max pools from a layer table, AdaptiveAvgPool2d(pool_size), flatten in torch's
-    (C, H, W) order, then fc-ReLU-fc-ReLU-fc with dropout before (torchvision's AlexNet) or
-    after (the papers, VGG) each hidden ReLU block. Each pool ends a stage; so does the
-    last layer."""
-
-    def __init__(
-        self,
-        table: Sequence[LayerSpec],
-        *,
-        num_classes: int,
-        pool_size: int,
-        init: Init,
-        hidden: int = 4096,
-        drop_rate: float = 0.5,
-        dropout_first: bool = False,
-        lrn_after: Collection[int] = (),
-        batch_norm: bool = False,
-        conv_bias: bool = True,
-        dtype: jnp.dtype = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        features: list = []
-        stage_ends = []
-        channels, convs = self.in_channels, 0
-        for spec in table:
-            if isinstance(spec, Pool):
-                features.append(layers.MaxPool(spec.kernel_size, spec.stride, spec.padding))
-                stage_ends.append(len(features) - 1)
-                continue
-            convs += 1
-            fan_in = channels // spec.groups * spec.kernel_size**2
-            features.append(
-                layers.conv2d(
-                    channels,
-                    spec.out_channels,
-                    spec.kernel_size,
-                    stride=spec.stride,
-                    padding=spec.padding,
-                    groups=spec.groups,
-                    bias=conv_bias,
-                    kernel_init=init.conv_kernel,
-                    bias_init=init.bias_for(f"conv{convs}", fan_in),
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-            )
-            if batch_norm:
-                features.append(layers.batch_norm(spec.out_channels, dtype=dtype, rngs=rngs))
-            features.append(jax.nn.relu)
-            if convs in lrn_after:
-                features.append(layers.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))
-            channels = spec.out_channels
-        self.feature_layers = nnx.List(features)
-        self.stage_ends = (*stage_ends, len(features) - 1)
-        self.pool_size = pool_size
-
-        def fc(index: int, fan_in: int, fan_out: int) -> nnx.Linear:
-            return layers.linear(
-                fan_in,
-                fan_out,
-                kernel_init=init.linear_kernel,
-                bias_init=init.bias_for(f"fc{index}", fan_in),
-                dtype=dtype,
-                rngs=rngs,
-            )
-
-        classifier: list = []
-        width = channels * pool_size**2
-        for index in (1, 2):
-            block = [fc(index, width, hidden), jax.nn.relu]
-            dropout = nnx.Dropout(drop_rate, rngs=rngs)
-            classifier += [dropout, *block] if dropout_first else [*block, dropout]
-            width = hidden
-        classifier.append(fc(3, hidden, num_classes))
-        self.classifier = nnx.List(classifier)
-
-    def forward_features(self, x: Array) -> dict[str, Array]:
-        feats: dict[str, Array] = {}
-        for index, layer in enumerate(self.feature_layers):
-            x = layer(x)
-            if index in self.stage_ends:
-                feats[f"stage{len(feats)}" if feats else "stem"] = x
-        x = layers.adaptive_avg_pool(x, self.pool_size)
-        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-        for layer in self.classifier[:-1]:
-            x = layer(x)
-        feats["pre_logits"] = x
-        return feats
-
-    def head(self, pre_logits: Array) -> Array:
-        return self.classifier[-1](pre_logits)
-
-
-def check_flag(name: str, value: object) -> None:
-    """Refuse an on/off override that is not a bool."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def check_drop_rate(value: object) -> None:
-    """Refuse a dropout rate outside [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise ValueError(f"drop_rate must be a number in [0, 1), got {value!r}")
-
-
 def _check_groups(value: object) -> None:
-    if isinstance(value, bool) or value not in (1, 2):
-        raise ValueError(f"groups must be 1 (one dense network) or 2 (two towers), got {value!r}")
+    ok = value in (1, 2) and not isinstance(value, bool)
+    check("groups", value, "1 (one dense network) or 2 (two towers)", ok)
 
 
 # Krizhevsky et al. 2012, Fig. 2 / Sec. 3.5 (pools 3x3/2, overlapping) and Sec. 5 (init).
@@ -265,6 +113,7 @@ def _alexnet_like(
     num_classes: int,
     rngs: nnx.Rngs,
     dtype: jnp.dtype,
+    conv: ConvImpl,
     lrn: bool,
     batch_norm: bool,
     drop_rate: float,
@@ -272,7 +121,7 @@ def _alexnet_like(
 ) -> SequentialConvNet:
     check_flag("lrn", lrn)
     check_flag("batch_norm", batch_norm)
-    check_drop_rate(drop_rate)
+    check_rate("drop_rate", drop_rate)
     return SequentialConvNet(
         table,
         num_classes=num_classes,
@@ -284,6 +133,7 @@ def _alexnet_like(
         batch_norm=batch_norm,
         conv_bias=not batch_norm,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 
@@ -293,6 +143,7 @@ def alexnet(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = False,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
@@ -304,6 +155,7 @@ def alexnet(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,
@@ -311,17 +163,18 @@ def alexnet(
     )
 
 
-def alexnet_paper(
+def alexnet_lrn(
     *,
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = True,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
     groups: int = 2,
 ) -> SequentialConvNet:
-    """Krizhevsky et al.'s AlexNet, the two towers as feature groups."""
+    """Krizhevsky et al.'s AlexNet, the two towers as feature groups, with its LRN."""
     _check_groups(groups)
     return _alexnet_like(
         _paper_table(groups),
@@ -329,9 +182,34 @@ def alexnet_paper(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,
+    )
+
+
+def alexnet_bn(
+    *,
+    num_classes: int = 1000,
+    rngs: nnx.Rngs,
+    dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
+    lrn: bool = False,
+    batch_norm: bool = True,
+    drop_rate: float = 0.5,
+    groups: int = 2,
+) -> SequentialConvNet:
+    """`alexnet_lrn` with BatchNorm after every conv in place of LRN (its defaults)."""
+    return alexnet_lrn(
+        num_classes=num_classes,
+        rngs=rngs,
+        dtype=dtype,
+        conv=conv,
+        lrn=lrn,
+        batch_norm=batch_norm,
+        drop_rate=drop_rate,
+        groups=groups,
     )
 
 
@@ -340,6 +218,7 @@ def zfnet(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     lrn: bool = True,
     batch_norm: bool = False,
     drop_rate: float = 0.5,
@@ -351,27 +230,18 @@ def zfnet(
         num_classes=num_classes,
         rngs=rngs,
         dtype=dtype,
+        conv=conv,
         lrn=lrn,
         batch_norm=batch_norm,
         drop_rate=drop_rate,
     )
 
 
+# Krizhevsky et al. 2012: 227x227 crops (the size Fig. 2's layer sizes need) of images
+# down-sampled to 256 (Sec. 2).
+PAPER_INPUT = Preprocessing(image_size=227, crop_pct=227 / 256)
+
 register("alexnet", alexnet, family="alexnet")
-register(
-    "alexnet_lrn",
-    alexnet_paper,
-    family="alexnet",
-    image_size=227,
-    crop_pct=227 / 256,
-    structure="paper",
-)
-register(
-    "alexnet_bn",
-    partial(alexnet_paper, lrn=False, batch_norm=True),
-    family="alexnet",
-    image_size=227,
-    crop_pct=227 / 256,
-    structure="paper",
-)
+register("alexnet_lrn", alexnet_lrn, family="alexnet", structure="paper", preprocessing=PAPER_INPUT)
+register("alexnet_bn", alexnet_bn, family="alexnet", structure="paper", preprocessing=PAPER_INPUT)
 register("zfnet", zfnet, family="alexnet", structure="paper")

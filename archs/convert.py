@@ -15,9 +15,10 @@ renames in `KEY_RULES` (see each family module's docstring):
 Checkpoint keys are first normalised: a DataParallel `module.` prefix is dropped and
 torchvision's old DenseNet spellings (`denselayer1.norm.1.weight`) become the current ones
 (`denselayer1.norm1.weight`). The classifier (and auxiliary classifiers) are the variables
-whose shapes depend on `num_classes`; when the checkpoint's head does not fit the requested
-`num_classes` they keep their fresh initialisation. Anything else that does not match, a
-missing key, a key left over or a wrong shape, is a `ConversionError` naming the first one.
+whose shapes depend on `num_classes` (`archs.model_state.head_keys`); when the checkpoint's
+head does not fit the requested `num_classes` they keep their fresh initialisation. Anything
+else that does not match, a missing key, a key left over or a wrong shape, is a
+`ConversionError` naming the first one.
 
 Readers: `.safetensors` through the `safetensors` package's numpy API (no torch needed);
 `.pth`/`.pt`/`.bin` through `torch.load(path, weights_only=True, map_location='cpu')`, which
@@ -25,13 +26,12 @@ unpickles tensors and plain containers only, never arbitrary code; the result mu
 dict of tensors (a `state_dict`), anything else is refused.
 
 Converted checkpoints (`python -m archs.convert --model NAME --from FILE --out DIR`) are
-written with `orbax.checkpoint.StandardCheckpointer` at DIR, as the plain pytree
-`nnx.to_pure_dict(nnx.state(model))`: nested dicts keyed by our module path (list indices
-are ints in memory, strings on disk: restore with a target), holding every variable
-(parameters, BatchNorm statistics, RNG state) as arrays.
-`restore_state(model, DIR)` puts it back into a model built with the same name,
-`num_classes` and overrides (`--model-kwargs`, which the checkpoint does not record: give
-training the same `config.model_kwargs`); `config.init_from=DIR` does the same at step 0.
+written by `archs.model_state.save_state`: every variable of the model, keyed by our module
+path. `archs.model_state.restore_state(model, DIR)` puts it back into a model built with the
+same name, `num_classes` and overrides (`--model-kwargs`, which the checkpoint does not
+record: give training the same `config.model_kwargs`); `config.init_from=DIR` does the same
+at step 0. Error messages name our variables by `archs.model_state.key` (`fc/kernel`), torch's
+by their own dotted keys.
 
 Stacked blocks (ResNet's `scan_blocks`: one variable for blocks `layer3.1`..`layer3.5`, on a
 leading axis) map to one torch key per block, stacked in order (`torch_layout`).
@@ -44,7 +44,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import jax
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archs import registry
+from archs import model_state, registry
 
 StateDict = dict[str, np.ndarray]
 
@@ -177,7 +177,7 @@ def normalize_keys(state_dict: StateDict) -> StateDict:
 
 
 def _torch_module_name(path: tuple, family: str) -> str:
-    name = _dotted(path)
+    name = ".".join(str(p) for p in path)
     for pattern, replacement in KEY_RULES.get(family, ()):
         name = re.sub(pattern, replacement, name)
     return name
@@ -206,7 +206,7 @@ def torch_layout(model: nnx.Module, family: str) -> dict[tuple, Source]:
             layout[(*module_path, ours)] = Source(keys, axes, stacked)
     for path, _ in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))):
         if path not in layout:
-            raise ConversionError(f"our variable {_dotted(path)} has no torch counterpart")
+            raise ConversionError(f"our variable {model_state.key(path)} has no torch counterpart")
     return layout
 
 
@@ -217,26 +217,20 @@ def _block_paths(stack_path: tuple, count: int) -> list[tuple]:
     ]
 
 
-def _head_paths(model: nnx.Module, bigger: nnx.Module) -> set[tuple]:
-    """Variables whose shapes depend on num_classes (the classifier and aux classifiers):
-    those that differ from the same network's with one class more."""
-    theirs = dict(nnx.to_flat_state(nnx.state(bigger)))
-    return {p for p, v in nnx.to_flat_state(nnx.state(model)) if v.shape != theirs[p].shape}
-
-
 def convert_state(
     model: nnx.Module,
     state_dict: StateDict,
     *,
     family: str,
-    head: set[tuple] = frozenset(),
+    head: Collection[str] = frozenset(),
     keep_fresh_head: bool = False,
     label: str = "the model",
 ) -> None:
     """Copy a normalised torch state_dict into `model` in place.
 
-    `head` lists our variable paths that depend on num_classes: with `keep_fresh_head` they
-    keep their initialisation when the checkpoint's shapes differ.
+    `head` holds the keys (`archs.model_state.key`) of our variables that depend on
+    num_classes (`archs.model_state.head_keys`): with `keep_fresh_head` they keep their
+    initialisation when the checkpoint's shapes differ.
     """
     state = nnx.state(model)
     flat = dict(nnx.to_flat_state(state))
@@ -246,17 +240,18 @@ def convert_state(
         missing = [key for key in source.keys if key not in state_dict]
         if missing:
             raise ConversionError(
-                f"checkpoint has no key {missing[0]!r} (for {label}'s {_dotted(path)})"
+                f"checkpoint has no key {missing[0]!r} (for {label}'s {model_state.key(path)})"
             )
         expected = source.torch_shape(variable.shape)
         wrong = [key for key in source.keys if tuple(state_dict[key].shape) != expected]
         if wrong:
-            if keep_fresh_head and path in head:
+            in_head = model_state.key(path) in head
+            if keep_fresh_head and in_head:
                 continue
-            hint = " (pass num_classes= for a new head)" if path in head else ""
+            hint = " (pass num_classes= for a new head)" if in_head else ""
             raise ConversionError(
                 f"checkpoint key {wrong[0]!r} has shape {tuple(state_dict[wrong[0]].shape)}, "
-                f"{label}'s {_dotted(path)} needs {expected}{hint}"
+                f"{label}'s {model_state.key(path)} needs {expected}{hint}"
             )
         value = source.to_ours([state_dict[key] for key in source.keys])
         variable.set_value(jnp.asarray(value, dtype=variable.dtype))
@@ -267,10 +262,6 @@ def convert_state(
             f"checkpoint key {extra[0]!r} matches nothing in {label} ({len(extra)} unused keys)"
         )
     nnx.update(model, state)
-
-
-def _dotted(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def load_pretrained(
@@ -315,7 +306,7 @@ def from_state_dict(
         model,
         normalize_keys(state_dict),
         family=info.family,
-        head=_head_paths(model, nnx.eval_shape(lambda r: create(r, classes + 1), rngs)),
+        head=model_state.head_keys(model, nnx.eval_shape(lambda r: create(r, classes + 1), rngs)),
         keep_fresh_head=num_classes is not None,
         label=name,
     )
@@ -346,39 +337,6 @@ def _initialize_rest(
     nnx.update(model, state)
 
 
-def save_state(model: nnx.Module, directory: str | os.PathLike) -> str:
-    """Write `nnx.to_pure_dict(nnx.state(model))` as an orbax checkpoint; returns its path."""
-    import orbax.checkpoint as ocp
-
-    directory = _new_directory(directory)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory, nnx.to_pure_dict(nnx.state(model)))
-    checkpointer.wait_until_finished()
-    return directory
-
-
-def _new_directory(directory: str | os.PathLike) -> str:
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory):
-        raise ConversionError(f"{directory!r} already exists; choose a new directory")
-    return directory
-
-
-def restore_state(model: nnx.Module, directory: str | os.PathLike) -> nnx.Module:
-    """Load a checkpoint written by `save_state` into `model` (same name and num_classes).
-
-    `model` may be abstract (`nnx.eval_shape`): restoring makes it concrete.
-    """
-    import orbax.checkpoint as ocp
-
-    state = nnx.state(model)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    restored = ocp.StandardCheckpointer().restore(os.path.abspath(os.fspath(directory)), target)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-    return model
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m archs.convert",
@@ -398,12 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        _new_directory(args.out)  # before the slow part
+        model_state.new_directory(args.out)  # before the slow part
         model = load_pretrained(
             args.model, args.source, num_classes=args.num_classes, **args.model_kwargs
         )
-        out = save_state(model, args.out)
-    except ValueError as err:  # ConversionError, and the registry's bad name or num_classes
+        out = model_state.save_state(model, args.out)
+    except ValueError as err:  # ConversionError, StateError, the registry's bad name or value
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.model} to {out}")

@@ -13,8 +13,12 @@ dense block), `num_init_features` (default 2k, as in every net of the paper and 
 - head: BN-ReLU-global average pooling-linear.
 
 Overrides of `create_model`: `growth_rate`, `block_config`, `num_init_features`, `bn_size`,
-`compression`, `stem` ('imagenet', 'cifar'), `drop_rate`. PyTorch's `memory_efficient` flag
-only trades memory for recomputation, so it has no counterpart here.
+`compression`, `stem` ('imagenet', 'cifar'), `drop_rate`, `fc_init_std` (0: the classifier
+initialised as below; > 0: its weights from N(0, fc_init_std), Goyal et al. 2017, Sec. 5.1).
+PyTorch's `memory_efficient` flag only trades memory for recomputation, so it has no
+counterpart here. No `drop_path_rate`: stochastic depth (Huang et al. 2016) drops a residual
+branch and keeps the identity, and a dense layer has no identity to keep; zeroing its new
+channels per example would be a dropout of feature maps, with no reference to follow.
 
 Initialisation as torchvision: convs kaiming_normal_ (fan-in; He et al. 2015, which the paper
 cites), BatchNorm 1/0, the classifier's weight PyTorch's default and its bias 0.
@@ -39,8 +43,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from archs import layers, registry
+from archs import layers
+from archs.checks import (
+    check,
+    check_choice,
+    check_non_negative,
+    check_positive_int,
+    check_rate,
+    is_number,
+)
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvFunction, ConvImpl
+from archs.registry import CIFAR10, register
 
 Array = jax.Array
 
@@ -54,6 +68,7 @@ def _conv(
     *,
     stride: int = 1,
     dtype: jnp.dtype,
+    conv_general_dilated: ConvFunction,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A bias-free conv with torchvision DenseNet's init, padding kernel // 2."""
@@ -64,6 +79,7 @@ def _conv(
         stride=stride,
         kernel_init=layers.he_normal_fan_in,
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
@@ -79,13 +95,15 @@ class DenseLayer(nnx.Module):
         drop_rate: float,
         *,
         dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         width = bn_size * growth_rate
+        conv = {"dtype": dtype, "conv_general_dilated": conv_general_dilated, "rngs": rngs}
         self.norm1 = layers.batch_norm(in_channels, dtype=dtype, rngs=rngs)
-        self.conv1 = _conv(in_channels, width, 1, dtype=dtype, rngs=rngs)
+        self.conv1 = _conv(in_channels, width, 1, **conv)
         self.norm2 = layers.batch_norm(width, dtype=dtype, rngs=rngs)
-        self.conv2 = _conv(width, growth_rate, 3, dtype=dtype, rngs=rngs)
+        self.conv2 = _conv(width, growth_rate, 3, **conv)
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate > 0 else None
 
     def __call__(self, x: Array) -> Array:
@@ -108,6 +126,7 @@ class DenseBlock(nnx.Module):
         drop_rate: float,
         *,
         dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         self.num_layers = num_layers
@@ -118,6 +137,7 @@ class DenseBlock(nnx.Module):
                 bn_size,
                 drop_rate,
                 dtype=dtype,
+                conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
             setattr(self, f"denselayer{i + 1}", layer)
@@ -132,9 +152,24 @@ class DenseBlock(nnx.Module):
 class Transition(nnx.Module):
     """BN-ReLU-1x1 conv to `out_channels`, then 2x2 stride-2 average pooling."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        dtype: jnp.dtype,
+        conv_general_dilated: ConvFunction,
+        rngs: nnx.Rngs,
+    ):
         self.norm = layers.batch_norm(in_channels, dtype=dtype, rngs=rngs)
-        self.conv = _conv(in_channels, out_channels, 1, dtype=dtype, rngs=rngs)
+        self.conv = _conv(
+            in_channels,
+            out_channels,
+            1,
+            dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
+            rngs=rngs,
+        )
 
     def __call__(self, x: Array) -> Array:
         return layers.avg_pool(self.conv(jax.nn.relu(self.norm(x))), 2, 2)
@@ -154,33 +189,33 @@ class DenseNet(Classifier):
         compression: float,
         stem: str,
         drop_rate: float,
+        fc_init_std: float,
         dtype: jnp.dtype,
+        conv: ConvImpl,
         rngs: nnx.Rngs,
     ):
         self.stem = stem
         self.num_blocks = len(block_config)
+        build = {"dtype": dtype, "conv_general_dilated": conv.outside_scan, "rngs": rngs}
         if stem == "imagenet":
-            self.conv0 = _conv(3, num_init_features, 7, stride=2, dtype=dtype, rngs=rngs)
+            self.conv0 = _conv(3, num_init_features, 7, stride=2, **build)
             self.norm0 = layers.batch_norm(num_init_features, dtype=dtype, rngs=rngs)
         else:
-            self.conv0 = _conv(3, num_init_features, 3, dtype=dtype, rngs=rngs)
+            self.conv0 = _conv(3, num_init_features, 3, **build)
         channels = num_init_features
         for i, num_layers in enumerate(block_config, start=1):
-            block = DenseBlock(
-                num_layers, channels, growth_rate, bn_size, drop_rate, dtype=dtype, rngs=rngs
-            )
+            block = DenseBlock(num_layers, channels, growth_rate, bn_size, drop_rate, **build)
             setattr(self, f"denseblock{i}", block)
             channels += num_layers * growth_rate
             if i < self.num_blocks:
                 reduced = math.floor(compression * channels)
-                setattr(
-                    self, f"transition{i}", Transition(channels, reduced, dtype=dtype, rngs=rngs)
-                )
+                setattr(self, f"transition{i}", Transition(channels, reduced, **build))
                 channels = reduced
         self.norm5 = layers.batch_norm(channels, dtype=dtype, rngs=rngs)
-        self.classifier = layers.linear(
+        self.classifier = layers.classifier_fc(
             channels,
             num_classes,
+            init_std=fc_init_std,
             bias_init=nnx.initializers.zeros_init(),
             dtype=dtype,
             rngs=rngs,
@@ -203,16 +238,12 @@ class DenseNet(Classifier):
         return self.classifier(pre_logits)
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def densenet(
     *,
     num_classes: int,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     growth_rate: int = 32,
     block_config: Sequence[int] = (6, 12, 24, 16),
     num_init_features: int | None = None,
@@ -220,25 +251,24 @@ def densenet(
     compression: float = 0.5,
     stem: str = "imagenet",
     drop_rate: float = 0.0,
+    fc_init_std: float = 0.0,
 ) -> DenseNet:
     """A DenseNet-BC; `num_init_features` defaults to 2 * growth_rate. Bad values: ValueError."""
-    _check_positive_int("growth_rate", growth_rate)
-    _check_positive_int("bn_size", bn_size)
+    check_positive_int("growth_rate", growth_rate)
+    check_positive_int("bn_size", bn_size)
     if num_init_features is None:
         num_init_features = 2 * growth_rate
-    _check_positive_int("num_init_features", num_init_features)
-    if isinstance(block_config, str | bytes) or not isinstance(block_config, Sequence):
-        raise ValueError(f"block_config must be a sequence of positive ints, got {block_config!r}")
+    check_positive_int("num_init_features", num_init_features)
+    is_sequence = isinstance(block_config, Sequence) and not isinstance(block_config, str | bytes)
+    check("block_config", block_config, "a sequence of positive ints", is_sequence)
     if not block_config:
         raise ValueError("block_config must hold at least one block, got ()")
     for num_layers in block_config:
-        _check_positive_int(f"every entry of block_config {tuple(block_config)!r}", num_layers)
-    if isinstance(compression, bool) or not 0 < compression <= 1:
-        raise ValueError(f"compression must be in (0, 1], got {compression!r}")
-    if stem not in STEMS:
-        raise ValueError(f"stem must be one of {', '.join(map(repr, STEMS))}, got {stem!r}")
-    if isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
-        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        check_positive_int(f"every entry of block_config {tuple(block_config)!r}", num_layers)
+    check("compression", compression, "in (0, 1]", is_number(compression) and 0 < compression <= 1)
+    check_choice("stem", stem, STEMS)
+    check_rate("drop_rate", drop_rate)
+    check_non_negative("fc_init_std", fc_init_std)
     return DenseNet(
         num_classes=num_classes,
         growth_rate=growth_rate,
@@ -248,39 +278,33 @@ def densenet(
         compression=compression,
         stem=stem,
         drop_rate=drop_rate,
+        fc_init_std=fc_init_std,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 
 
-def _register() -> None:
-    torchvision_nets = {
-        "densenet121": dict(block_config=(6, 12, 24, 16)),
-        "densenet161": dict(growth_rate=48, block_config=(6, 12, 36, 24)),
-        "densenet169": dict(block_config=(6, 12, 32, 32)),
-        "densenet201": dict(block_config=(6, 12, 48, 32)),
-    }
-    for name, kwargs in torchvision_nets.items():
-        registry.register(name, functools.partial(densenet, **kwargs), family="densenet")
-    # Huang et al. 2017, Table 1.
-    registry.register(
-        "densenet264",
-        functools.partial(densenet, block_config=(6, 12, 64, 48)),
-        family="densenet",
-        structure="paper",
-    )
-    # Huang et al. 2017, Sec. 3/4: DenseNet-BC, L=100, k=12, three blocks of (100 - 4) / 6 layers.
-    registry.register(
-        "densenet_bc_100_12",
-        functools.partial(densenet, growth_rate=12, block_config=(16, 16, 16), stem="cifar"),
-        family="densenet",
-        image_size=32,
-        num_classes=10,
-        mean=registry.CIFAR10_MEAN,
-        std=registry.CIFAR10_STD,
-        crop_pct=1.0,
-        structure="paper",
-    )
-
-
-_register()
+for _name, _architecture in (
+    ("densenet121", {"block_config": (6, 12, 24, 16)}),
+    ("densenet161", {"growth_rate": 48, "block_config": (6, 12, 36, 24)}),
+    ("densenet169", {"block_config": (6, 12, 32, 32)}),
+    ("densenet201", {"block_config": (6, 12, 48, 32)}),
+):
+    register(_name, functools.partial(densenet, **_architecture), family="densenet")
+# Huang et al. 2017, Table 1.
+register(
+    "densenet264",
+    functools.partial(densenet, block_config=(6, 12, 64, 48)),
+    family="densenet",
+    structure="paper",
+)
+# Huang et al. 2017, Sec. 3/4: DenseNet-BC, L=100, k=12, three blocks of (100 - 4) / 6 layers.
+register(
+    "densenet_bc_100_12",
+    functools.partial(densenet, growth_rate=12, block_config=(16, 16, 16), stem="cifar"),
+    family="densenet",
+    structure="paper",
+    preprocessing=CIFAR10,
+    num_classes=10,
+)

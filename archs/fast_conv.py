@@ -7,21 +7,18 @@ XLA:CPU runs those far slower than the forward convolution, and inside a while l
 replacements, each a `jax.custom_vjp` that computes the same numbers as lax's gradients:
 
 - pointwise: the gradients of a 1x1 convolution without padding or groups (any stride) are
-  matmuls over the pixels; written as `einsum`s they run as XLA:CPU's matmuls (the kernel
-  gradient of a ResNet-50 1x1 convolution: 373 ms as a convolution, 31 ms as a matmul, on 2
-  cores). The forward pass stays lax's, so outputs are unchanged to the bit. Taken on the CPU
-  only (`lax.platform_dependent`): accelerators run lax's convolutions through their own
-  libraries.
+  matmuls over the pixels; written as `einsum`s they run as XLA:CPU's matmuls. The forward
+  pass stays lax's, so outputs are unchanged to the bit.
 - loop-safe: a stride-1, undilated NHWC/HWIO convolution with explicit padding, differentiated
   with explicit transposes around canonical convolutions, which XLA:CPU runs as fast in a loop
-  as outside (outside a loop lax's own backward is slightly faster, so only scanned blocks use
-  it).
+  as outside (outside a loop lax's own backward is slightly faster, so only scanned
+  convolutions use it, 1x1 ones included: that compiles faster than matmuls in the loop).
 
-`conv_general_dilated` (every `layers.conv2d`) takes the pointwise path where it applies;
-`scan_conv_general_dilated` (the convolutions of `resnet.stacked_blocks`) the loop-safe path
-on every platform, 1x1 convolutions included: a scanned ResNet-152 compiled in 8.7 s this way
-against 11.9 s with matmuls for its 1x1 convolutions, on 2 cores, and its first step took
-about as long (2.2 s against 2.0 s). Any other convolution is lax's, unchanged.
+`conv_general_dilated` takes the pointwise path where it applies, `scan_conv_general_dilated`
+the loop-safe one; any other convolution is lax's, unchanged. Models use them only when built
+with `for_backend("cpu")` (`archs.create_model(name, conv=...)`): accelerators run lax's
+convolutions through their own libraries, so every other backend gets `archs.convolution.LAX`.
+`docs/benchmarks.md` has the measured speed-ups.
 """
 
 from __future__ import annotations
@@ -33,6 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from archs.convolution import LAX, ConvImpl
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], ...]
@@ -156,8 +155,8 @@ def conv_general_dilated(
     in_loop: bool = False,
     **kwargs: Any,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` (what `nnx.Conv` calls), with the pointwise backward pass on
-    the CPU where it applies or, `in_loop`, the loop-safe one."""
+    """`lax.conv_general_dilated` (what `nnx.Conv` calls), with the pointwise backward pass
+    where it applies or, `in_loop`, the loop-safe one."""
 
     def lax_conv(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -185,13 +184,19 @@ def conv_general_dilated(
         return _loop_safe(lhs, rhs, pads, feature_group_count, precision)
     if rhs.shape[:2] != (1, 1) or feature_group_count != 1 or any(p != (0, 0) for p in pads):
         return lax_conv(lhs, rhs)
-
-    def pointwise(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-        return _pointwise(lhs, rhs, strides, precision)
-
-    return lax.platform_dependent(lhs, rhs, cpu=pointwise, default=lax_conv)
+    return _pointwise(lhs, rhs, strides, precision)
 
 
 def scan_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
     """`conv_general_dilated(..., in_loop=True)`: for a convolution inside a loop."""
     return conv_general_dilated(*args, in_loop=True, **kwargs)
+
+
+CPU = ConvImpl(outside_scan=conv_general_dilated, inside_scan=scan_conv_general_dilated)
+"""The fast CPU backward passes: pointwise outside loops, loop-safe inside them."""
+
+
+def for_backend(backend: str) -> ConvImpl:
+    """The convolutions to build a model with for `backend` (`jax.default_backend()`): `CPU` on
+    'cpu', lax's elsewhere."""
+    return CPU if backend == "cpu" else LAX

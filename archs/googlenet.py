@@ -46,7 +46,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
+from archs.checks import check_flag, check_rate
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvImpl
 from archs.registry import IMAGENET_MEAN, IMAGENET_STD, register
 
 Array = jax.Array
@@ -145,7 +147,7 @@ ConvUnit = Callable[..., layers.ConvNormAct]
 """`conv(in_channels, out_channels, kernel_size, **kwargs)`: the variant's conv unit."""
 
 
-def conv_unit(variant: Variant, dtype: jnp.dtype, rngs: nnx.Rngs) -> ConvUnit:
+def conv_unit(variant: Variant, dtype: jnp.dtype, rngs: nnx.Rngs, conv: ConvImpl = LAX) -> ConvUnit:
     """torchvision's BasicConv2d or the paper's conv + bias + ReLU, with their inits."""
     return functools.partial(
         layers.ConvNormAct,
@@ -154,6 +156,7 @@ def conv_unit(variant: Variant, dtype: jnp.dtype, rngs: nnx.Rngs) -> ConvUnit:
         kernel_init=variant.kernel_init,
         bias_init=variant.hidden_bias_init,
         dtype=dtype,
+        conv_general_dilated=conv.outside_scan,
         rngs=rngs,
     )
 
@@ -174,12 +177,6 @@ def dense(
         dtype=dtype,
         rngs=rngs,
     )
-
-
-def sequential(steps: nnx.List, x: Array) -> Array:
-    for step in steps:
-        x = step(x)
-    return x
 
 
 class Inception(nnx.Module):
@@ -212,9 +209,9 @@ class Inception(nnx.Module):
         return jnp.concatenate(
             [
                 self.branch1(x),
-                sequential(self.branch2, x),
-                sequential(self.branch3, x),
-                sequential(self.branch4, x),
+                layers.apply_in_order(self.branch2, x),
+                layers.apply_in_order(self.branch3, x),
+                layers.apply_in_order(self.branch4, x),
             ],
             axis=-1,
         )
@@ -231,10 +228,11 @@ class InceptionAux(nnx.Module):
         variant: Variant,
         drop_rate: float,
         dtype: jnp.dtype,
+        conv: ConvImpl,
         rngs: nnx.Rngs,
     ):
         self.pool = variant.aux_pool
-        self.conv = conv_unit(variant, dtype, rngs)(in_channels, 128, 1)
+        self.conv = conv_unit(variant, dtype, rngs, conv)(in_channels, 128, 1)
         self.fc1 = dense(variant, 4 * 4 * 128, 1024, variant.hidden_bias_init, dtype, rngs)
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
         self.fc2 = dense(variant, 1024, num_classes, variant.classifier_bias_init, dtype, rngs)
@@ -269,13 +267,14 @@ class GoogLeNet(Classifier):
         drop_rate: float,
         aux_drop_rate: float = 0.7,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        conv = conv_unit(variant, dtype, rngs)
+        unit = conv_unit(variant, dtype, rngs, conv)
         self.transform_input = transform_input
-        self.conv1 = conv(3, 64, 7, stride=2)
-        self.conv2 = conv(64, 64, 1)
-        self.conv3 = conv(64, 192, 3)
+        self.conv1 = unit(3, 64, 7, stride=2)
+        self.conv2 = unit(64, 64, 1)
+        self.conv3 = unit(64, 192, 3)
         # Caffe's LRN(local_size 5, alpha 1e-4, beta 0.75, k 1) divides alpha by the size.
         self.lrn = layers.LocalResponseNorm(5, 1e-4 / 5, 0.75, 1.0) if variant.lrn else None
         self.pool4_kernel = variant.pool4_kernel
@@ -284,7 +283,7 @@ class GoogLeNet(Classifier):
             block = Inception(
                 channels,
                 TABLE1[name],
-                conv=conv,
+                conv=unit,
                 kernel_5x5=variant.kernel_5x5,
                 reduction_1x1=reduction_1x1,
             )
@@ -296,6 +295,7 @@ class GoogLeNet(Classifier):
             variant=variant,
             drop_rate=aux_drop_rate,
             dtype=dtype,
+            conv=conv,
             rngs=rngs,
         )
         self.aux1 = aux(TABLE1["inception4a"].out_channels) if aux_logits else None
@@ -338,26 +338,12 @@ class GoogLeNet(Classifier):
         return self.aux1(features["inception4a"]), self.aux2(features["inception4d"])
 
 
-def check_override(name: str, value: object, allowed: str, ok: bool) -> None:
-    """Refuse a bad override value, naming it and what is allowed."""
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def check_rate(name: str, value: object) -> None:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    check_override(name, value, "a dropout rate in [0, 1)", is_number and 0 <= value < 1)
-
-
-def check_flag(name: str, value: object) -> None:
-    check_override(name, value, "True or False", isinstance(value, bool))
-
-
 def googlenet(
     *,
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     aux_logits: bool = True,
     transform_input: bool = False,
     reduction_1x1: bool = True,
@@ -379,6 +365,7 @@ def googlenet(
         drop_rate=drop_rate,
         aux_drop_rate=aux_drop_rate,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 
@@ -388,6 +375,7 @@ def inception_v1(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     aux_logits: bool = True,
     reduction_1x1: bool = True,
     drop_rate: float = 0.4,
@@ -406,9 +394,10 @@ def inception_v1(
         drop_rate=drop_rate,
         aux_drop_rate=aux_drop_rate,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 
 
-register("googlenet", googlenet, family="googlenet", aux_weight=0.3, structure="torchvision")
-register("inception_v1", inception_v1, family="googlenet", aux_weight=0.3, structure="paper")
+register("googlenet", googlenet, family="googlenet", aux_weight=0.3)
+register("inception_v1", inception_v1, family="googlenet", structure="paper", aux_weight=0.3)

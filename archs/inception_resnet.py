@@ -3,11 +3,19 @@
 Stem (conv2d_1a..conv2d_4a, two 3x3/2 max pools), mixed_5b, 10 Block35 (`repeat`, residual
 scale 0.17), mixed_6a, 20 Block17 (`repeat_1`, 0.10), mixed_7a, 9 Block8 (`repeat_2`, 0.20), a
 last Block8 without ReLU (`block8`, scale 1), conv2d_7b (1536), global average pool, dropout
-(`drop_rate`, timm's, default 0) and `classif`. Every conv unit is conv (no bias) + BatchNorm
-(eps 1e-3) + ReLU with timm's explicit paddings (0 unless stated); the blocks' 1x1 `conv2d` has
-a bias and no norm. The blocks are tables of branches (`MIXED_5B`, `BLOCK35`, ...) built by two
-classes, `Mixed` (branches concatenated) and `ResidualBlock` (`Mixed` + 1x1 conv + scaled
-residual). PyTorch's default initialisation throughout, as timm leaves it.
+(`drop_rate`, timm's, default 0) and `classif` (`fc_init_std` > 0: its weights from N(0,
+fc_init_std) and zero bias, Goyal et al. 2017, Sec. 5.1; 0: PyTorch's default). Every conv unit
+is conv (no bias) + BatchNorm (eps 1e-3) + ReLU with timm's explicit paddings (0 unless
+stated); the blocks' 1x1 `conv2d` has a bias and no norm. The blocks are tables of branches
+(`MIXED_5B`, `BLOCK35`, ...) built by two classes, `Mixed` (branches concatenated) and
+`ResidualBlock` (`Mixed` + 1x1 conv + scaled residual). PyTorch's default initialisation
+throughout, as timm leaves it.
+
+`drop_path_rate` (not in timm's model; default 0): stochastic depth (Huang et al. 2016) over
+the 40 residual blocks (`repeat`, `repeat_1`, `repeat_2`, `block8`, in that order): in
+training, block i's scaled branch is dropped per example with probability
+drop_path_rate * i / 39 and divided by 1 - p when kept; the identity in eval mode. Its draws
+come from the `dropout` RNG stream, which the train step reseeds every step.
 
 Module paths are timm's, so a timm key is our path plus the torch variable name with no
 renames: `repeat.0.branch1.1.conv.kernel` <-> `repeat.0.branch1.1.conv.weight`. A branch of
@@ -27,8 +35,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
+from archs.checks import check_non_negative, check_rate
 from archs.classifier import Classifier
-from archs.registry import INCEPTION_MEAN, INCEPTION_STD, register
+from archs.convolution import LAX, ConvFunction, ConvImpl
+from archs.registry import INCEPTION_MEAN, INCEPTION_STD, Preprocessing, register
 
 Array = jax.Array
 
@@ -87,7 +97,9 @@ REPEATS = {"repeat": 10, "repeat_1": 20, "repeat_2": 9}
 SCALES = {"repeat": 0.17, "repeat_1": 0.10, "repeat_2": 0.20}
 
 
-def conv_unit(in_channels: int, spec: Conv, dtype: jnp.dtype, rngs: nnx.Rngs) -> layers.ConvNormAct:
+def conv_unit(
+    in_channels: int, spec: Conv, dtype: jnp.dtype, conv: ConvFunction, rngs: nnx.Rngs
+) -> layers.ConvNormAct:
     """timm's conv unit: conv without bias, BatchNorm(eps 1e-3), ReLU; PyTorch's default init."""
     return layers.ConvNormAct(
         in_channels,
@@ -98,12 +110,13 @@ def conv_unit(in_channels: int, spec: Conv, dtype: jnp.dtype, rngs: nnx.Rngs) ->
         bn_eps=1e-3,
         kernel_init=layers.torch_default_init,
         dtype=dtype,
+        conv_general_dilated=conv,
         rngs=rngs,
     )
 
 
 def build_branch(
-    in_channels: int, branch: Branch, dtype: jnp.dtype, rngs: nnx.Rngs
+    in_channels: int, branch: Branch, dtype: jnp.dtype, conv: ConvFunction, rngs: nnx.Rngs
 ) -> tuple[nnx.Module, int]:
     """The branch's layers (the layer itself when it is one) and its output channels."""
     steps, channels = [], in_channels
@@ -115,18 +128,9 @@ def build_branch(
                 else layers.AvgPool(spec.kernel, spec.stride, spec.padding, count_include_pad=False)
             )
         else:
-            steps.append(conv_unit(channels, spec, dtype, rngs))
+            steps.append(conv_unit(channels, spec, dtype, conv, rngs))
             channels = spec.out
     return (steps[0] if len(steps) == 1 else nnx.List(steps)), channels
-
-
-def run(step: nnx.Module, x: Array) -> Array:
-    """Apply a layer, or a list of layers in order."""
-    if isinstance(step, nnx.List):
-        for layer in step:
-            x = layer(x)
-        return x
-    return step(x)
 
 
 class Mixed(nnx.Module):
@@ -138,17 +142,20 @@ class Mixed(nnx.Module):
         branches: tuple[Branch, ...],
         *,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
         self.num_branches = len(branches)
         self.concat_channels = 0
         for i, branch in enumerate(branches):
-            module, channels = build_branch(in_channels, branch, dtype, rngs)
+            module, channels = build_branch(in_channels, branch, dtype, conv_general_dilated, rngs)
             setattr(self, f"branch{i}", module)
             self.concat_channels += channels
 
     def __call__(self, x: Array) -> Array:
-        outs = [run(getattr(self, f"branch{i}"), x) for i in range(self.num_branches)]
+        outs = [
+            layers.apply_in_order(getattr(self, f"branch{i}"), x) for i in range(self.num_branches)
+        ]
         return jnp.concatenate(outs, axis=-1)
 
 
@@ -164,9 +171,12 @@ class ResidualBlock(Mixed):
         scale: float,
         relu: bool = True,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction,
         rngs: nnx.Rngs,
     ):
-        super().__init__(channels, branches, dtype=dtype, rngs=rngs)
+        super().__init__(
+            channels, branches, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs
+        )
         self.conv2d = layers.conv2d(
             self.concat_channels,
             channels,
@@ -175,13 +185,18 @@ class ResidualBlock(Mixed):
             kernel_init=layers.torch_default_init,
             bias_init=layers.torch_default_bias_init(self.concat_channels),
             dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
             rngs=rngs,
         )
         self.scale = scale
         self.relu = relu
 
-    def __call__(self, x: Array) -> Array:
-        out = self.conv2d(super().__call__(x)) * self.scale + x
+    def __call__(self, x: Array, drop: tuple[Array, Array] | None = None) -> Array:
+        """`drop`: (key, rate) to drop the residual branch per example (`layers.drop_path`)."""
+        branch = self.conv2d(super().__call__(x)) * self.scale
+        if drop is not None:
+            branch = layers.drop_path(branch, drop[1], drop[0])
+        out = branch + x
         return jax.nn.relu(out) if self.relu else out
 
 
@@ -193,49 +208,69 @@ class InceptionResNetV2(Classifier):
         *,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        fc_init_std: float = 0.0,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        def conv(cin: int, spec: Conv) -> layers.ConvNormAct:
-            return conv_unit(cin, spec, dtype, rngs)
+        build = {"dtype": dtype, "conv_general_dilated": conv.outside_scan, "rngs": rngs}
 
-        self.conv2d_1a = conv(3, Conv(32, 3, stride=2))
-        self.conv2d_2a = conv(32, Conv(32, 3))
-        self.conv2d_2b = conv(32, Conv(64, 3, padding=1))
-        self.conv2d_3b = conv(64, Conv(80, 1))
-        self.conv2d_4a = conv(80, Conv(192, 3))
-        self.mixed_5b = Mixed(192, MIXED_5B, dtype=dtype, rngs=rngs)
-        self.repeat = self._repeat(320, BLOCK35, "repeat", dtype, rngs)
-        self.mixed_6a = Mixed(320, MIXED_6A, dtype=dtype, rngs=rngs)
-        self.repeat_1 = self._repeat(1088, BLOCK17, "repeat_1", dtype, rngs)
-        self.mixed_7a = Mixed(1088, MIXED_7A, dtype=dtype, rngs=rngs)
-        self.repeat_2 = self._repeat(2080, BLOCK8, "repeat_2", dtype, rngs)
-        self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, dtype=dtype, rngs=rngs)
-        self.conv2d_7b = conv(2080, Conv(1536, 1))
+        def unit(cin: int, spec: Conv) -> layers.ConvNormAct:
+            return conv_unit(cin, spec, dtype, conv.outside_scan, rngs)
+
+        def repeat(channels: int, branches: tuple[Branch, ...], name: str) -> nnx.List:
+            return nnx.List(
+                [
+                    ResidualBlock(channels, branches, scale=SCALES[name], **build)
+                    for _ in range(REPEATS[name])
+                ]
+            )
+
+        self.conv2d_1a = unit(3, Conv(32, 3, stride=2))
+        self.conv2d_2a = unit(32, Conv(32, 3))
+        self.conv2d_2b = unit(32, Conv(64, 3, padding=1))
+        self.conv2d_3b = unit(64, Conv(80, 1))
+        self.conv2d_4a = unit(80, Conv(192, 3))
+        self.mixed_5b = Mixed(192, MIXED_5B, **build)
+        self.repeat = repeat(320, BLOCK35, "repeat")
+        self.mixed_6a = Mixed(320, MIXED_6A, **build)
+        self.repeat_1 = repeat(1088, BLOCK17, "repeat_1")
+        self.mixed_7a = Mixed(1088, MIXED_7A, **build)
+        self.repeat_2 = repeat(2080, BLOCK8, "repeat_2")
+        self.block8 = ResidualBlock(2080, BLOCK8, scale=1.0, relu=False, **build)
+        self.conv2d_7b = unit(2080, Conv(1536, 1))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs)
-        self.classif = layers.linear(1536, num_classes, dtype=dtype, rngs=rngs)
-
-    @staticmethod
-    def _repeat(
-        channels: int, branches: tuple[Branch, ...], name: str, dtype: jnp.dtype, rngs: nnx.Rngs
-    ) -> nnx.List:
-        return nnx.List(
-            [
-                ResidualBlock(channels, branches, scale=SCALES[name], dtype=dtype, rngs=rngs)
-                for _ in range(REPEATS[name])
-            ]
+        self.classif = layers.classifier_fc(
+            1536, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
         )
+        self.drop_path_rates = tuple(
+            layers.drop_path_rates(drop_path_rate, sum(REPEATS.values()) + 1)
+        )
+        # Last, so that the parameters are drawn as without drop path.
+        self.drop_path_rngs = rngs["dropout"].fork() if drop_path_rate else None
 
     def forward_features(self, x: Array) -> dict[str, Array]:
+        key = layers.drop_path_key(self.drop_path_rngs, self.deterministic)
+        drops = layers.block_drops(key, 0, self.drop_path_rates)
+
+        def residual_blocks(blocks: list[ResidualBlock], x: Array, first: int) -> Array:
+            """Blocks `first`, `first + 1`, ... of the network's residual blocks."""
+            for i, block in enumerate(blocks, start=first):
+                x = block(x, None if drops is None else (drops[0][i], drops[1][i]))
+            return x
+
         feats = {}
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x)))
         x = layers.max_pool(x, 3, 2)  # maxpool_3a
         x = self.conv2d_4a(self.conv2d_3b(x))
         x = feats["stem"] = layers.max_pool(x, 3, 2)  # maxpool_5a
-        x = feats["stage1"] = run(self.repeat, self.mixed_5b(x))
-        x = feats["stage2"] = run(self.repeat_1, self.mixed_6a(x))
-        x = run(self.repeat_2, self.mixed_7a(x))
-        x = feats["stage3"] = self.conv2d_7b(self.block8(x))
+        first_1, first_2 = len(self.repeat), len(self.repeat) + len(self.repeat_1)
+        x = feats["stage1"] = residual_blocks(self.repeat, self.mixed_5b(x), 0)
+        x = feats["stage2"] = residual_blocks(self.repeat_1, self.mixed_6a(x), first_1)
+        x = residual_blocks(self.repeat_2, self.mixed_7a(x), first_2)
+        x = residual_blocks([self.block8], x, first_2 + len(self.repeat_2))
+        x = feats["stage3"] = self.conv2d_7b(x)
         feats["pre_logits"] = layers.global_avg_pool(x)
         return feats
 
@@ -248,23 +283,36 @@ def inception_resnet_v2(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    fc_init_std: float = 0.0,
 ) -> InceptionResNetV2:
-    """timm 1.0's `inception_resnet_v2`; `drop_rate` is the dropout before `classif`."""
-    is_number = isinstance(drop_rate, int | float) and not isinstance(drop_rate, bool)
-    if not (is_number and 0 <= drop_rate < 1):
-        raise ValueError(f"drop_rate must be a dropout rate in [0, 1), got {drop_rate!r}")
-    return InceptionResNetV2(num_classes=num_classes, drop_rate=drop_rate, dtype=dtype, rngs=rngs)
+    """timm 1.0's `inception_resnet_v2` (see the module docstring for the overrides)."""
+    check_rate("drop_rate", drop_rate)
+    check_rate("drop_path_rate", drop_path_rate)
+    check_non_negative("fc_init_std", fc_init_std)
+    return InceptionResNetV2(
+        num_classes=num_classes,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        fc_init_std=fc_init_std,
+        dtype=dtype,
+        conv=conv,
+        rngs=rngs,
+    )
 
 
 register(
     "inception_resnet_v2",
     inception_resnet_v2,
     family="inception_resnet",
-    image_size=299,
-    mean=INCEPTION_MEAN,
-    std=INCEPTION_STD,
-    crop_pct=0.8975,
-    interpolation="bicubic",
     structure="timm",
+    preprocessing=Preprocessing(
+        image_size=299,
+        crop_pct=0.8975,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        interpolation="bicubic",
+    ),
 )

@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
-from archs import fast_conv
+from archs.checks import check
+from archs.convolution import ConvFunction
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -58,9 +60,11 @@ def conv2d(
     kernel_init: nnx.Initializer = he_normal_fan_out,
     bias_init: nnx.Initializer = ZEROS,
     dtype: jnp.dtype = jnp.float32,
+    conv_general_dilated: ConvFunction = lax.conv_general_dilated,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A convolution with PyTorch's explicit symmetric padding (default: kernel // 2)."""
+    """A convolution with PyTorch's explicit symmetric padding (default: kernel // 2), computed
+    by `conv_general_dilated` (see `archs.convolution`)."""
     kh, kw = pair(kernel_size)
     ph, pw = pair(padding) if padding is not None else (kh // 2, kw // 2)
     return nnx.Conv(
@@ -75,9 +79,87 @@ def conv2d(
         bias_init=bias_init,
         dtype=dtype,
         param_dtype=jnp.float32,
-        conv_general_dilated=fast_conv.conv_general_dilated,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
+
+
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm (same variables: `scale`, `bias`, `mean`, `var`) that can take its batch
+    statistics over groups of `group_size` consecutive examples of the batch it sees: ghost
+    batch normalisation (Hoffer et al. 2017, "Train longer, generalize better", Sec. 4). Each
+    group is normalised with its own mean and variance; the running statistics move towards
+    the mean over groups of the groups' means and variances. `group_size` 0 (the default) is
+    the whole batch: nnx.BatchNorm itself. Set it on a built model with `set_bn_group_size`.
+
+    The groups are cut from the batch this layer sees: the global batch under `jax.jit` (a
+    sharded batch stays sharded; XLA moves the examples a group needs), one device's under
+    `jax.shard_map` or `jax.pmap`, and one micro-batch's with gradient accumulation.
+    """
+
+    def __init__(self, num_features: int, *, group_size: int = 0, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.group_size = group_size
+
+    def __call__(
+        self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
+    ) -> Array:
+        running = self.use_running_average if use_running_average is None else use_running_average
+        if not self.group_size or running:
+            return super().__call__(x, use_running_average, mask=mask)
+        if mask is not None:
+            raise ValueError("BatchNorm with a group_size takes no mask")
+        n = x.shape[0]
+        if n % self.group_size:
+            raise ValueError(
+                f"bn_group_size={self.group_size} does not divide the batch of {n} examples this "
+                "BatchNorm sees"
+            )
+        # nnx.BatchNorm's arithmetic, per group: statistics in at least float32 (the fast
+        # variance E[x^2] - E[x]^2 unless use_fast_variance is off), normalisation in `dtype`.
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+        groups = x.reshape(n // self.group_size, self.group_size, *x.shape[1:])
+        feature = self.axis % x.ndim + 1
+        axes = tuple(i for i in range(1, groups.ndim) if i != feature)
+        stats = groups.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+        mean = stats.mean(axes, keepdims=True)
+        if self.use_fast_variance:
+            var = jnp.maximum(0.0, jnp.square(stats).mean(axes, keepdims=True) - jnp.square(mean))
+        else:
+            var = jnp.square(stats - mean).mean(axes, keepdims=True)
+        feature_shape = [1] * groups.ndim
+        feature_shape[feature] = groups.shape[feature]
+        mul = lax.rsqrt(var + self.epsilon)
+        if scale is not None:
+            mul *= scale.reshape(feature_shape)
+        y = (groups - mean) * mul
+        if bias is not None:
+            y += bias.reshape(feature_shape)
+        m = self.momentum
+        self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.mean(0).ravel())
+        self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var.mean(0).ravel())
+        return y.reshape(x.shape).astype(x.dtype)
+
+
+def set_bn_group_size(model: nnx.Module, group_size: int) -> None:
+    """Make every BatchNorm of `model` take its statistics over groups of `group_size`
+    consecutive examples (ghost batch normalisation, see `BatchNorm`); 0 restores whole-batch
+    statistics. A group size that does not divide a batch is a ValueError when that batch
+    arrives."""
+    ok = isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 0
+    check("bn_group_size", group_size, "an int >= 0", ok)
+    norms = [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    for path, module in norms:
+        if not isinstance(module, BatchNorm):
+            where = ".".join(map(str, path))
+            raise ValueError(
+                f"{where} is an nnx.BatchNorm without groups (build it with "
+                "archs.layers.batch_norm)"
+            )
+    for _, module in norms:
+        module.group_size = group_size
 
 
 def batch_norm(
@@ -88,9 +170,9 @@ def batch_norm(
     scale_init: nnx.Initializer = ONES,
     dtype: jnp.dtype = jnp.float32,
     rngs: nnx.Rngs,
-) -> nnx.BatchNorm:
+) -> BatchNorm:
     """BatchNorm with PyTorch's defaults; statistics and parameters in float32."""
-    return nnx.BatchNorm(
+    return BatchNorm(
         num_features,
         momentum=momentum,
         epsilon=eps,
@@ -120,6 +202,30 @@ def linear(
         param_dtype=jnp.float32,
         rngs=rngs,
     )
+
+
+def classifier_fc(
+    in_features: int,
+    num_classes: int,
+    *,
+    init_std: float = 0.0,
+    bias_init: nnx.Initializer | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A network's last fc layer: `linear`'s initialisation (PyTorch's; `bias_init` if given)
+    or, with `init_std` > 0, weights from N(0, init_std) and zero bias (Goyal et al. 2017,
+    Sec. 5.1: std 0.01)."""
+    if init_std > 0:
+        return linear(
+            in_features,
+            num_classes,
+            kernel_init=nnx.initializers.normal(init_std),
+            bias_init=ZEROS,
+            dtype=dtype,
+            rngs=rngs,
+        )
+    return linear(in_features, num_classes, bias_init=bias_init, dtype=dtype, rngs=rngs)
 
 
 def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
@@ -152,6 +258,7 @@ class ConvNormAct(nnx.Module):
         kernel_init: nnx.Initializer = he_normal_fan_out,
         bias_init: nnx.Initializer | None = None,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
         self.conv = conv2d(
@@ -165,6 +272,7 @@ class ConvNormAct(nnx.Module):
             kernel_init=kernel_init,
             bias_init=bias_init or nnx.initializers.zeros_init(),
             dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
             rngs=rngs,
         )
         self.bn = (
@@ -189,6 +297,16 @@ class ConvNormAct(nnx.Module):
         if self.act is not None:
             x = self.act(x)
         return x
+
+
+def apply_in_order(steps: Callable[[Array], Array] | Sequence[Callable], x: Array) -> Array:
+    """`x` through each layer of a list in order (an nnx.List standing for torch's
+    nn.Sequential), or through a single layer."""
+    if isinstance(steps, Sequence):
+        for step in steps:
+            x = step(x)
+        return x
+    return steps(x)
 
 
 class LocalResponseNorm(nnx.Module):
@@ -234,17 +352,52 @@ class SqueezeExcite(nnx.Module):
         *,
         reduced_channels: int | None = None,
         dtype: jnp.dtype = jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
         hidden = reduced_channels or channels // reduction
-        self.fc1 = conv2d(channels, hidden, 1, bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = conv2d(hidden, channels, 1, bias=True, dtype=dtype, rngs=rngs)
+        conv = {"dtype": dtype, "conv_general_dilated": conv_general_dilated, "rngs": rngs}
+        self.fc1 = conv2d(channels, hidden, 1, bias=True, **conv)
+        self.fc2 = conv2d(hidden, channels, 1, bias=True, **conv)
 
     def __call__(self, x: Array) -> Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
         s = jax.nn.relu(self.fc1(s))
         s = jax.nn.sigmoid(self.fc2(s))
         return x * s
+
+
+def drop_path(x: Array, rate: float | Array, key: Array) -> Array:
+    """Stochastic depth (Huang et al. 2016): each example's `x` (a residual branch) zeroed with
+    probability `rate`, the kept ones scaled by 1 / (1 - rate) so the expectation is `x`."""
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / keep, 0.0).astype(x.dtype)
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Per-block drop probabilities rising linearly from 0 at the first block to `rate` at the
+    last (Huang et al. 2016's linear decay rule; timm's `drop_path_rate`)."""
+    return [rate * i / (blocks - 1) if blocks > 1 else 0.0 for i in range(blocks)]
+
+
+def drop_path_key(stream: nnx.RngStream | None, deterministic: bool) -> Array | None:
+    """A fresh key for one forward pass's drop-path draws from `stream` (an RNG stream the
+    train step reseeds); None in eval mode or without drop path."""
+    return None if stream is None or deterministic else stream()
+
+
+def block_drops(
+    key: Array | None, first: int, rates: Sequence[float]
+) -> tuple[Array, Array] | None:
+    """`(keys, rates)` for blocks `first`, `first + 1`, ... of a network: each block's key is
+    `key` folded with its index, so every block draws its own examples to drop, in a scan as
+    outside one. None (nothing to drop) without a key or when every rate is 0."""
+    if key is None or not any(rates):
+        return None
+    indices = jnp.arange(first, first + len(rates))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+    return keys, jnp.asarray(rates, jnp.float32)
 
 
 def max_pool(

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import references
+from archs.checks import check, check_positive_int
+from archs.convolution import LAX, ConvImpl
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +29,27 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is prepared, kept apart from its architecture (as timm keeps its
+    pretrained configs apart from its models): images scaled to [0, 1], resized so the short
+    side is `image_size / crop_pct` with `interpolation`, centre-cropped to `image_size`, then
+    `(x - mean) / std` per channel."""
+
+    image_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+
+IMAGENET = Preprocessing()
+"""torchvision's ImageNet evaluation: 224 from 256, bilinear, ImageNet mean and std."""
+
+CIFAR10 = Preprocessing(image_size=32, crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+"""CIFAR-10 images as they are, normalised with the training set's mean and std."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,32 +91,31 @@ def register(
     builder: Callable[..., nnx.Module],
     *,
     family: str,
-    image_size: int = 224,
-    num_classes: int = 1000,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    crop_pct: float = 0.875,
-    aux_weight: float = 0.0,
-    interpolation: str = "bilinear",
     structure: str = "torchvision",
+    preprocessing: Preprocessing = IMAGENET,
+    num_classes: int = 1000,
+    aux_weight: float = 0.0,
 ) -> None:
-    """Add a model; `builder(num_classes=, rngs=, dtype=, **overrides)` returns the module."""
+    """Add a model. `builder(num_classes=, rngs=, dtype=, conv=, **overrides)` returns the
+    module; its other keywords are the architecture's (bind a variant's with
+    `functools.partial`); `num_classes` is the default head's size and `aux_weight` the loss
+    weight of auxiliary classifiers."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     ref = references.REFERENCES.get(name)
     info = ModelInfo(
         name=name,
         family=family,
-        image_size=image_size,
+        image_size=preprocessing.image_size,
         num_classes=num_classes,
-        mean=mean,
-        std=std,
-        crop_pct=crop_pct,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        crop_pct=preprocessing.crop_pct,
         aux_weight=aux_weight,
         reference_params=ref.params if ref else None,
         reference_gmacs=ref.gmacs if ref else None,
         reference_source=ref.source if ref else "",
-        interpolation=interpolation,
+        interpolation=preprocessing.interpolation,
         structure=structure,
     )
     _REGISTRY[name] = _Entry(builder, info)
@@ -131,7 +153,7 @@ def _override_parameters(name: str) -> dict[str, inspect.Parameter]:
         hints = typing.get_type_hints(function)
     except (NameError, TypeError):  # an annotation that does not resolve: check by default
         hints = {}
-    skip = ("self", "num_classes", "rngs", "dtype")
+    skip = ("self", "num_classes", "rngs", "dtype", "conv")
     params = {}
     for key, spec in inspect.signature(function).parameters.items():
         if key in skip or spec.kind not in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD):
@@ -168,10 +190,15 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return True
 
 
-def _type_name(annotation: Any) -> str:
-    if annotation is inspect.Parameter.empty:
-        return "any"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+def _kind(annotation: Any) -> str:
+    """An annotation in words: 'True or False', 'an int', 'a str or a sequence', ..."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in typing.get_args(annotation))
+    if origin in (collections.abc.Sequence, tuple, list):
+        return "a sequence"
+    words = {bool: "True or False", int: "an int", float: "a number", str: "a str"}
+    return words.get(annotation, "None" if annotation is type(None) else str(annotation))
 
 
 def check_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -197,8 +224,8 @@ def check_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
                 value = str(value)
             else:
                 raise ValueError(
-                    f"override {key}={value!r} of model {name!r} is not of type "
-                    f"{_type_name(annotation)} (default {params[key].default!r})"
+                    f"{key} must be {_kind(annotation)}, got {value!r} (a keyword of "
+                    f"{name!r}, default {params[key].default!r})"
                 )
         checked[key] = value
     return checked
@@ -210,16 +237,24 @@ def create_model(
     num_classes: int | None = None,
     rngs: nnx.Rngs | None = None,
     dtype: Any = jnp.float32,
+    conv: ConvImpl = LAX,
     **overrides: Any,
 ) -> nnx.Module:
-    """Build a registered network with float32 parameters and `dtype` compute."""
+    """Build a registered network with float32 parameters and `dtype` compute.
+
+    `conv` chooses the convolution functions (`archs.convolution`; e.g.
+    `archs.fast_conv.for_backend(jax.default_backend())`): it changes how the network is
+    computed, never what, so it is not an override.
+    """
     entry = _entry(name)
     overrides = check_overrides(name, overrides)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes)
+    check("conv", conv, "an archs.convolution.ConvImpl", isinstance(conv, ConvImpl))
     return entry.builder(
         num_classes=num_classes or entry.info.num_classes,
         rngs=rngs if rngs is not None else nnx.Rngs(0),
         dtype=dtype,
+        conv=conv,
         **overrides,
     )

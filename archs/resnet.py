@@ -22,13 +22,21 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   stride (timm's `down_kernel_size=3`, which keeps 1x1 where the stride is 1);
 - `pool_ceil_mode`: the stem's max pool in ceil mode without padding, as Caffe and timm's
   `legacy_senet154` (PyTorch MaxPool2d(3, 2, ceil_mode=True)); default padding 1, floor mode;
-- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2);
+- `drop_rate`: dropout before `fc` (timm's legacy SENet-154: 0.2); `fc_init_std`: 0 for
+  `fc`'s PyTorch-default initialisation, > 0 for weights from N(0, fc_init_std) and zero bias
+  (Goyal et al. 2017, Sec. 5.1: 0.01);
+- `drop_path_rate`: stochastic depth (Huang et al. 2016): in training, each block's residual
+  branch is dropped per example with a probability rising linearly over the blocks of the
+  network, from 0 at the first to `drop_path_rate` at the last (block i of N: rate * i /
+  (N - 1), as timm), and scaled by 1 / (1 - p) when kept; the identity in eval mode. Its draws
+  come from the `dropout` RNG stream (which the train step reseeds every step), each block
+  its own; not for `shortcut='none'`;
 - `scan_blocks`: run the identical blocks of a stage (all but the first) as one `nnx.scan` over
-  stacked parameters, so XLA compiles one block per stage instead of each (same function; much
-  faster compilation of the deep nets; the scanned convolutions are
-  `archs.fast_conv.scan_conv_general_dilated`, whose backward pass XLA:CPU runs as fast inside
-  the loop as outside); `remat`: recompute each block's activations in the
-  backward pass (`nnx.remat`) instead of storing them (less memory, about one more forward).
+  stacked parameters, so XLA compiles one block per stage instead of each (the same function,
+  compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
+  function of the model's `conv`, see `archs.convolution`); `remat`: recompute each block's
+  activations in the backward pass (`nnx.remat`) instead of storing them (less memory, about
+  one more forward).
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
 floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
@@ -53,6 +61,7 @@ map flat states between the two layouts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -63,9 +72,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from archs import fast_conv, layers
+from archs import layers
+from archs.checks import (
+    check_choice,
+    check_flag,
+    check_non_negative,
+    check_positive_int,
+    check_rate,
+)
 from archs.classifier import Classifier
-from archs.registry import CIFAR10_MEAN, CIFAR10_STD, register
+from archs.convolution import LAX, ConvFunction, ConvImpl
+from archs.registry import CIFAR10, Preprocessing, register
 
 Array = jax.Array
 
@@ -76,20 +93,50 @@ ATTENTIONS = ("none", "se")
 STEMS = ("imagenet", "cifar", "deep")
 
 
-def _check_choice(name: str, value: object, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-
-
 def se_width(channels: int, reduction: int, divisor: int = 8) -> int:
     """timm's SE hidden width: channels / reduction to the nearest multiple of `divisor`, at
     least `divisor` (timm's make_divisible with round_limit=0)."""
     return max(divisor, int(channels / reduction + divisor / 2) // divisor * divisor)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """What every block of a network shares (each part is described in the module docstring);
+    a bad value is a ValueError when the config is made."""
+
+    block: str = "bottleneck"
+    groups: int = 1
+    width_per_group: int = 64
+    reduce_first: int = 1
+    stride_in: str = "3x3"
+    shortcut: str = "B"
+    attention: str = "none"
+    se_reduction: int = 16
+    se_divisor: int = 8
+    zero_init_residual: bool = False
+    downsample_kernel: int = 1
+
+    def __post_init__(self):
+        check_choice("block", self.block, BLOCKS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("stride_in", self.stride_in, STRIDE_IN)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("downsample_kernel", self.downsample_kernel, (1, 3))
+        for name in ("groups", "width_per_group", "reduce_first", "se_reduction", "se_divisor"):
+            check_positive_int(name, getattr(self, name))
+        check_flag("zero_init_residual", self.zero_init_residual)
+        basic_defaults = (self.groups, self.width_per_group, self.reduce_first) == (1, 64, 1)
+        if self.block == "basic" and not basic_defaults:
+            raise ValueError(
+                f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
+                f"groups={self.groups}, width_per_group={self.width_per_group}, "
+                f"reduce_first={self.reduce_first}"
+            )
+
+    @property
+    def expansion(self) -> int:
+        """A block's output channels per plane."""
+        return 4 if self.block == "bottleneck" else 1
 
 
 class Block(nnx.Module):
@@ -100,39 +147,31 @@ class Block(nnx.Module):
         in_channels: int,
         planes: int,
         stride: int,
+        config: BlockConfig,
         *,
-        block: str,
-        groups: int,
-        width_per_group: int,
-        reduce_first: int,
-        stride_in: str,
-        shortcut: str,
-        attention: str,
-        se_reduction: int,
-        se_divisor: int,
-        zero_init_residual: bool,
-        downsample_kernel: int,
+        conv_general_dilated: ConvFunction,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
     ):
-        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        conv = partial(
+            layers.conv2d, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs
+        )
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
-        last_init = nnx.initializers.zeros_init() if zero_init_residual else None
+        last_init = nnx.initializers.zeros_init() if config.zero_init_residual else None
         last_norm = partial(norm, scale_init=last_init) if last_init else norm
-        self.bottleneck = block == "bottleneck"
+        self.bottleneck = config.block == "bottleneck"
+        out_channels = planes * config.expansion
         if self.bottleneck:
-            width = (planes * width_per_group // 64) * groups
-            first = width // reduce_first
-            out_channels = planes * 4
-            stride_1x1, stride_3x3 = (stride, 1) if stride_in == "1x1" else (1, stride)
+            width = (planes * config.width_per_group // 64) * config.groups
+            first = width // config.reduce_first
+            stride_1x1, stride_3x3 = (stride, 1) if config.stride_in == "1x1" else (1, stride)
             self.conv1 = conv(in_channels, first, 1, stride=stride_1x1)
             self.bn1 = norm(first)
-            self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=groups)
+            self.conv2 = conv(first, width, 3, stride=stride_3x3, groups=config.groups)
             self.bn2 = norm(width)
             self.conv3 = conv(width, out_channels, 1)
             self.bn3 = last_norm(out_channels)
         else:
-            out_channels = planes
             self.conv1 = conv(in_channels, planes, 3, stride=stride)
             self.bn1 = norm(planes)
             self.conv2 = conv(planes, planes, 3)
@@ -140,19 +179,20 @@ class Block(nnx.Module):
         self.se = (
             layers.SqueezeExcite(
                 out_channels,
-                reduced_channels=se_width(out_channels, se_reduction, se_divisor),
+                reduced_channels=se_width(out_channels, config.se_reduction, config.se_divisor),
                 dtype=dtype,
+                conv_general_dilated=conv_general_dilated,
                 rngs=rngs,
             )
-            if attention == "se"
+            if config.attention == "se"
             else None
         )
         reshape = stride != 1 or in_channels != out_channels
-        self.shortcut = shortcut
+        self.shortcut = config.shortcut
         self.stride = stride
         self.pad_channels = out_channels - in_channels
-        project = shortcut == "C" or (shortcut == "B" and reshape)
-        kernel = downsample_kernel if stride != 1 else 1
+        project = config.shortcut == "C" or (config.shortcut == "B" and reshape)
+        kernel = config.downsample_kernel if stride != 1 else 1
         self.downsample = (
             nnx.List([conv(in_channels, out_channels, kernel, stride=stride), norm(out_channels)])
             if project
@@ -178,26 +218,24 @@ class Block(nnx.Module):
             x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (before, self.pad_channels - before)))
         return x
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, drop: tuple[Array, Array] | None = None) -> Array:
+        """`drop`: (key, rate) to drop the residual branch per example (`layers.drop_path`)."""
         out = self.residual(x)
+        if drop is not None:
+            out = layers.drop_path(out, drop[1], drop[0])
         if self.shortcut != "none":
             out = out + self.identity(x)
         return jax.nn.relu(out)
 
 
-def _call_block(unit: Block, x: Array) -> Array:
-    return unit(x)
+def _call_block(unit: Block, x: Array, drop: tuple[Array, Array] | None) -> Array:
+    return unit(x, drop)
 
 
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
-    """Identically shaped blocks as one Block whose variables are stacked on a new axis 0 (built
-    one by one first, so a scanned model starts from the unscanned model's values). Its
-    convolutions use `fast_conv.scan_conv_general_dilated`, whose backward pass stays fast inside
-    the scan on CPU."""
+    """Identically built blocks as one Block whose variables are stacked on a new axis 0 (built
+    one by one first, so a scanned model starts from the unscanned model's values)."""
     states = [nnx.state(unit) for unit in blocks]
-    for _, module in nnx.iter_graph(blocks[0]):
-        if isinstance(module, nnx.Conv):
-            module.conv_general_dilated = fast_conv.scan_conv_general_dilated
     return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(_stack, *states))
 
 
@@ -264,51 +302,60 @@ class ResNet(Classifier):
         downsample_kernel: int = 1,
         pool_ceil_mode: bool = False,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        fc_init_std: float = 0.0,
         scan_blocks: bool = False,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
+        conv: ConvImpl = LAX,
         rngs: nnx.Rngs,
     ):
-        _check_choice("block", block, BLOCKS)
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-        _check_choice("stride_in", stride_in, STRIDE_IN)
-        _check_choice("attention", attention, ATTENTIONS)
-        _check_choice("stem", stem, STEMS)
-        _check_choice("downsample_kernel", downsample_kernel, (1, 3))
+        config = BlockConfig(
+            block=block,
+            groups=groups,
+            width_per_group=width_per_group,
+            reduce_first=reduce_first,
+            stride_in=stride_in,
+            shortcut=shortcut,
+            attention=attention,
+            se_reduction=se_reduction,
+            se_divisor=se_divisor,
+            zero_init_residual=zero_init_residual,
+            downsample_kernel=downsample_kernel,
+        )
+        check_choice("stem", stem, STEMS)
+        check_positive_int("stem_width", stem_width)
         depths, widths = tuple(depths), tuple(widths)
         if not depths or len(depths) != len(widths) or min(depths) < 1 or min(widths) < 1:
             raise ValueError(
                 f"depths={depths} and widths={widths} must be non-empty positive sequences "
                 "of equal length"
             )
-        if block == "basic" and (groups != 1 or width_per_group != 64 or reduce_first != 1):
-            raise ValueError(
-                f"block='basic' supports only groups=1, width_per_group=64, reduce_first=1; got "
-                f"groups={groups}, width_per_group={width_per_group}, reduce_first={reduce_first}"
-            )
-        for name, value in (
-            ("groups", groups),
-            ("width_per_group", width_per_group),
-            ("reduce_first", reduce_first),
-            ("se_reduction", se_reduction),
-            ("se_divisor", se_divisor),
-            ("stem_width", stem_width),
-        ):
-            _check_positive_int(name, value)
-        expansion = 4 if block == "bottleneck" else 1
-        channels = [stem_width * (2 if stem == "deep" else 1)] + [w * expansion for w in widths]
+        channels = [stem_width * (2 if stem == "deep" else 1)]
+        channels += [w * config.expansion for w in widths]
         if shortcut == "A" and any(b < a for a, b in itertools.pairwise(channels)):
             raise ValueError(
                 f"shortcut='A' pads channels, so widths={widths} must not shrink them "
                 f"(stage channels {channels})"
             )
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate={drop_rate!r} must be in [0, 1)")
-        for name, value in (("scan_blocks", scan_blocks), ("remat", remat)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} must be True or False")
+        check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
+        if drop_path_rate and shortcut == "none":
+            raise ValueError(
+                f"drop_path_rate={drop_path_rate!r} needs residual blocks; shortcut='none' has "
+                "no identity to keep"
+            )
+        check_non_negative("fc_init_std", fc_init_std)
+        for name, value in (
+            ("pool_ceil_mode", pool_ceil_mode),
+            ("scan_blocks", scan_blocks),
+            ("remat", remat),
+        ):
+            check_flag(name, value)
 
-        conv = partial(layers.conv2d, dtype=dtype, rngs=rngs)
+        stem_conv = partial(
+            layers.conv2d, dtype=dtype, conv_general_dilated=conv.outside_scan, rngs=rngs
+        )
         norm = partial(layers.batch_norm, dtype=dtype, rngs=rngs)
         self.stem = stem
         self.pool_ceil_mode = pool_ceil_mode
@@ -316,52 +363,50 @@ class ResNet(Classifier):
             in_channels = stem_width * 2
             self.conv1 = nnx.List(
                 [
-                    conv(3, stem_width, 3, stride=2),
+                    stem_conv(3, stem_width, 3, stride=2),
                     norm(stem_width),
-                    conv(stem_width, stem_width, 3),
+                    stem_conv(stem_width, stem_width, 3),
                     norm(stem_width),
-                    conv(stem_width, in_channels, 3),
+                    stem_conv(stem_width, in_channels, 3),
                 ]
             )
         else:
             in_channels = stem_width
             kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
-            self.conv1 = conv(3, stem_width, kernel, stride=stride)
+            self.conv1 = stem_conv(3, stem_width, kernel, stride=stride)
         self.bn1 = norm(in_channels)
 
-        self.num_stages = len(depths)
+        rates = layers.drop_path_rates(drop_path_rate, sum(depths))
+        starts = list(itertools.accumulate(depths, initial=0))
+        self.drop_path_rates = tuple(tuple(rates[a:b]) for a, b in itertools.pairwise(starts))
         self.scan_blocks = scan_blocks
         self.remat = remat
         for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
             stage = []
             for j in range(depth):
                 stride = 2 if index > 0 and j == 0 else 1
+                scanned = scan_blocks and j > 0
                 unit = Block(
                     in_channels,
                     planes,
                     stride,
-                    block=block,
-                    groups=groups,
-                    width_per_group=width_per_group,
-                    reduce_first=reduce_first,
-                    stride_in=stride_in,
-                    shortcut=shortcut,
-                    attention=attention,
-                    se_reduction=se_reduction,
-                    se_divisor=se_divisor,
-                    zero_init_residual=zero_init_residual,
-                    downsample_kernel=downsample_kernel,
+                    config,
+                    conv_general_dilated=conv.inside_scan if scanned else conv.outside_scan,
                     dtype=dtype,
                     rngs=rngs,
                 )
-                in_channels = planes * expansion
+                in_channels = planes * config.expansion
                 stage.append(unit)
             if scan_blocks and depth > 1:
                 stage = [stage[0], stacked_blocks(stage[1:])]
             setattr(self, f"layer{index + 1}", nnx.List(stage))
         self.num_features = in_channels
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
-        self.fc = layers.linear(in_channels, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = layers.classifier_fc(
+            in_channels, num_classes, init_std=fc_init_std, dtype=dtype, rngs=rngs
+        )
+        # Last, so that the parameters are drawn as without drop path.
+        self.drop_path_rngs = rngs["dropout"].fork() if drop_path_rate else None
 
     def forward_stem(self, x: Array) -> Array:
         if self.stem == "deep":
@@ -381,27 +426,26 @@ class ResNet(Classifier):
     def forward_features(self, x: Array) -> dict[str, Array]:
         feats = {"stem": self.forward_stem(x)}
         out = feats["stem"]
+        key = layers.drop_path_key(self.drop_path_rngs, self.deterministic)
         call = nnx.remat(_call_block) if self.remat else _call_block
-        for index in range(1, self.num_stages + 1):
-            stage = getattr(self, f"layer{index}")
-            for j, unit in enumerate(stage):
+        first = 0
+        for index, rates in enumerate(self.drop_path_rates, start=1):
+            drops = layers.block_drops(key, first, rates)
+            for j, unit in enumerate(getattr(self, f"layer{index}")):
                 if self.scan_blocks and j == 1:
-                    out = nnx.scan(call, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(unit, out)
+                    rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
+                    scan = nnx.scan(call, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+                    out = scan(unit, out, rest)
                 else:
-                    out = call(unit, out)
+                    own = None if drops is None else jax.tree.map(lambda a, j=j: a[j], drops)
+                    out = call(unit, out, own)
+            first += len(rates)
             feats[f"stage{index}"] = out
         feats["pre_logits"] = layers.global_avg_pool(out)
         return feats
 
     def head(self, pre_logits: Array) -> Array:
         return self.fc(self.dropout(pre_logits))
-
-
-def _register(name: str, family: str, structure: str, **defaults) -> None:
-    """Register `name` as ResNet with `defaults`; model-info keywords are split off."""
-    info_keys = ("image_size", "num_classes", "mean", "std", "crop_pct", "interpolation")
-    info = {k: defaults.pop(k) for k in info_keys if k in defaults}
-    register(name, partial(ResNet, **defaults), family=family, structure=structure, **info)
 
 
 IMAGENET_DEPTHS = {
@@ -413,18 +457,18 @@ IMAGENET_DEPTHS = {
 }
 
 for _depth, _block in ((18, "basic"), (34, "basic"), (50, "bottleneck"), (101, "bottleneck")):
-    _register(
-        f"resnet{_depth}", "resnet", "torchvision", block=_block, depths=IMAGENET_DEPTHS[_depth]
+    register(
+        f"resnet{_depth}",
+        partial(ResNet, block=_block, depths=IMAGENET_DEPTHS[_depth]),
+        family="resnet",
     )
-_register("resnet152", "resnet", "torchvision", depths=IMAGENET_DEPTHS[152])
+register("resnet152", partial(ResNet, depths=IMAGENET_DEPTHS[152]), family="resnet")
 for _depth in (18, 34):
-    _register(
+    register(
         f"plain{_depth}",
-        "resnet",
-        "paper",
-        block="basic",
-        depths=IMAGENET_DEPTHS[_depth],
-        shortcut="none",
+        partial(ResNet, block="basic", depths=IMAGENET_DEPTHS[_depth], shortcut="none"),
+        family="resnet",
+        structure="paper",
     )
 
 # timm's default weights for resnext101_32x4d (fb_ssl_yfcc100m_ft_in1k) use bilinear resizing.
@@ -434,57 +478,74 @@ for _name, _structure, _depth, _groups, _wpg in (
     ("resnext101_32x8d", "torchvision", 101, 32, 8),
     ("resnext101_64x4d", "torchvision", 101, 64, 4),
 ):
-    _register(
+    register(
         _name,
-        "resnext",
-        _structure,
-        depths=IMAGENET_DEPTHS[_depth],
-        groups=_groups,
-        width_per_group=_wpg,
+        partial(ResNet, depths=IMAGENET_DEPTHS[_depth], groups=_groups, width_per_group=_wpg),
+        family="resnext",
+        structure=_structure,
     )
 
 # timm's default pretrained configs: bicubic resizing, crop 0.875 but seresnet50's a1_in1k 0.95.
-TIMM_SE = {"family": "senet", "structure": "timm", "attention": "se", "interpolation": "bicubic"}
-_register("seresnet50", **TIMM_SE, crop_pct=0.95)
-_register("seresnet101", **TIMM_SE, depths=IMAGENET_DEPTHS[101])
-_register("seresnet152", **TIMM_SE, depths=IMAGENET_DEPTHS[152])
-_register("seresnext50_32x4d", **TIMM_SE, groups=32, width_per_group=4)
-_register(
-    "seresnext101_32x4d", **TIMM_SE, depths=IMAGENET_DEPTHS[101], groups=32, width_per_group=4
-)
-_register(
-    "senet154",
-    **TIMM_SE,
-    depths=IMAGENET_DEPTHS[152],
-    groups=64,
-    width_per_group=4,
-    reduce_first=2,
-    stem="deep",
-    downsample_kernel=3,
-)
+TIMM_SE = Preprocessing(interpolation="bicubic")
+for _name, _preprocessing, _architecture in (
+    ("seresnet50", dataclasses.replace(TIMM_SE, crop_pct=0.95), {}),
+    ("seresnet101", TIMM_SE, {"depths": IMAGENET_DEPTHS[101]}),
+    ("seresnet152", TIMM_SE, {"depths": IMAGENET_DEPTHS[152]}),
+    ("seresnext50_32x4d", TIMM_SE, {"groups": 32, "width_per_group": 4}),
+    (
+        "seresnext101_32x4d",
+        TIMM_SE,
+        {"depths": IMAGENET_DEPTHS[101], "groups": 32, "width_per_group": 4},
+    ),
+    (
+        "senet154",
+        TIMM_SE,
+        {
+            "depths": IMAGENET_DEPTHS[152],
+            "groups": 64,
+            "width_per_group": 4,
+            "reduce_first": 2,
+            "stem": "deep",
+            "downsample_kernel": 3,
+        },
+    ),
+):
+    register(
+        _name,
+        partial(ResNet, attention="se", **_architecture),
+        family="senet",
+        structure="timm",
+        preprocessing=_preprocessing,
+    )
 
 # He et al. 2016, Sec. 4.2: 6n+2 layers; Xie et al. 2017, Sec. 5.3: ResNeXt-29.
-CIFAR = {
-    "stem": "cifar",
-    "image_size": 32,
-    "num_classes": 10,
-    "mean": CIFAR10_MEAN,
-    "std": CIFAR10_STD,
-    "crop_pct": 1.0,
-}
 for _n, _depth in ((3, 20), (5, 32), (7, 44), (9, 56), (18, 110), (200, 1202)):
-    _cifar_net = dict(block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem_width=16, **CIFAR)
-    _register(f"resnet{_depth}", "cifar_resnet", "paper", shortcut="A", **_cifar_net)
-    if _depth != 1202:
-        _register(f"plain{_depth}", "cifar_resnet", "paper", shortcut="none", **_cifar_net)
+    _cifar_net = partial(
+        ResNet, stem="cifar", block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem_width=16
+    )
+    _shortcuts = {"resnet": "A"} if _depth == 1202 else {"resnet": "A", "plain": "none"}
+    for _prefix, _shortcut in _shortcuts.items():
+        register(
+            f"{_prefix}{_depth}",
+            partial(_cifar_net, shortcut=_shortcut),
+            family="cifar_resnet",
+            structure="paper",
+            preprocessing=CIFAR10,
+            num_classes=10,
+        )
 for _cardinality in (8, 16):
-    _register(
+    register(
         f"resnext29_{_cardinality}x64d",
-        "cifar_resnext",
-        "paper",
-        depths=(3, 3, 3),
-        widths=(64, 128, 256),
-        groups=_cardinality,
-        width_per_group=64,
-        **CIFAR,
+        partial(
+            ResNet,
+            stem="cifar",
+            depths=(3, 3, 3),
+            widths=(64, 128, 256),
+            groups=_cardinality,
+            width_per_group=64,
+        ),
+        family="cifar_resnext",
+        structure="paper",
+        preprocessing=CIFAR10,
+        num_classes=10,
     )

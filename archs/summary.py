@@ -44,11 +44,6 @@ def _jaxpr_macs(jaxpr: jax.extend.core.Jaxpr) -> int:
             lhs = eqn.invars[0].aval
             out = eqn.outvars[0].aval
             total += math.prod(out.shape) * math.prod(lhs.shape[i] for i in contract_lhs)
-        if name == "cond":
-            # One branch runs: `lax.platform_dependent` (archs.fast_conv) is a cond whose
-            # branches compute the same function per platform.
-            total += max(_jaxpr_macs(branch.jaxpr) for branch in eqn.params["branches"])
-            continue
         repeat = eqn.params.get("length", 1) if name == "scan" else 1
         for sub in _sub_jaxprs(eqn.params.values()):
             total += repeat * _jaxpr_macs(sub)

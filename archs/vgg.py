@@ -1,5 +1,5 @@
 """VGG (Simonyan & Zisserman 2015): configurations A-E of Table 1 as one builder from a config
-list, on AlexNet's layout (`archs.alexnet.SequentialConvNet`).
+list, on the layout AlexNet shares (`archs.sequential_net.SequentialConvNet`).
 
 A config is a sequence of entries: an int is a 3x3 conv of that width (padding 1), a pair
 `(width, kernel)` a conv with another kernel (padding kernel // 2), 'M' a 2x2/2 max pool;
@@ -19,7 +19,7 @@ of 3x3 convs replaced by one 5x5) is
     create_model('vgg13', config=[(64, 5), 'M', (128, 5), 'M', (256, 5), 'M', (512, 5), 'M',
                                   (512, 5), 'M'])
 
-Module paths mirror torchvision's nn.Sequential indices (see `archs.alexnet`): our
+Module paths mirror torchvision's nn.Sequential indices (see `archs.sequential_net`): our
 `feature_layers.<i>` is torch's `features.<i>` (its convs and BatchNorms), and
 `classifier.{0,3,6}` are its Linears under the same names.
 """
@@ -33,16 +33,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import layers
-from archs.alexnet import (
-    ConvLayer,
-    Init,
-    LayerSpec,
-    Pool,
-    SequentialConvNet,
-    check_drop_rate,
-    check_flag,
-)
+from archs.checks import check_flag, check_rate, is_positive_int
+from archs.convolution import LAX, ConvImpl
 from archs.registry import register
+from archs.sequential_net import ConvLayer, Init, LayerSpec, Pool, SequentialConvNet
 
 ConfigEntry = int | str | tuple[int, int]
 
@@ -73,19 +67,15 @@ def _bad_config(config: object, why: str) -> ValueError:
     )
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _layer(entry: object, config: object) -> LayerSpec:
     if entry == "M":
         return Pool(2, 2)
-    if _is_positive_int(entry):
+    if is_positive_int(entry):
         return ConvLayer(entry, 3)
     if (
         isinstance(entry, tuple | list)
         and len(entry) == 2
-        and all(map(_is_positive_int, entry))
+        and all(map(is_positive_int, entry))
         and entry[1] % 2 == 1
     ):
         return ConvLayer(entry[0], entry[1])
@@ -111,6 +101,7 @@ def vgg(
     num_classes: int = 1000,
     rngs: nnx.Rngs,
     dtype: jnp.dtype = jnp.float32,
+    conv: ConvImpl = LAX,
     config: str | Sequence[ConfigEntry] = "D",
     batch_norm: bool = False,
     lrn: bool = False,
@@ -120,7 +111,7 @@ def vgg(
     table = config_table(config)
     check_flag("batch_norm", batch_norm)
     check_flag("lrn", lrn)
-    check_drop_rate(drop_rate)
+    check_rate("drop_rate", drop_rate)
     return SequentialConvNet(
         table,
         num_classes=num_classes,
@@ -130,6 +121,7 @@ def vgg(
         lrn_after=(1,) if lrn else (),
         batch_norm=batch_norm,
         dtype=dtype,
+        conv=conv,
         rngs=rngs,
     )
 

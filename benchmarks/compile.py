@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 import archs
+from archs import fast_conv
 from benchmarks import train_step as bench
 
 
@@ -81,9 +82,11 @@ def time_to_first_step(
 
 
 def scan_pair(name: str, **overrides) -> tuple[nnx.Module, nnx.Module]:
-    """`name` without and with scan_blocks, from the same seed (so the same parameters)."""
+    """`name` without and with scan_blocks, from the same seed (so the same parameters), with
+    the convolutions the training system uses on this backend."""
+    conv = fast_conv.for_backend(jax.default_backend())
     return tuple(
-        archs.create_model(name, rngs=nnx.Rngs(0), scan_blocks=scan, **overrides)
+        archs.create_model(name, rngs=nnx.Rngs(0), conv=conv, scan_blocks=scan, **overrides)
         for scan in (False, True)
     )
 

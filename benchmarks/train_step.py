@@ -9,13 +9,14 @@ rate of a square matmul of random values in the compute dtype on one device, tim
 and `mfu` (achieved train GFLOP/s over that peak); beside them `peak_memory_mb` (XLA's memory
 analysis: arguments + outputs - donated aliases + temporaries, per device) and the settings.
 
-The step is the training system's own, set up as `archs.training.loop` does: the model split by
-`steps.split_model`, `steps.make_train_step` through `parallel.distribute_train_step` (jit, sync
-BatchNorm: the state replicated and donated, the batch sharded on the mesh's `data` axis), SGD
-with Nesterov momentum and weight decay from `optim.make_optimizer`. It is fed one synthetic
-uint8 batch already on the devices (host augmentation and input excluded;
-`benchmarks.input_pipeline` measures those), and
-`time_steps` / `summarize` are shared with `benchmarks.flax_example` so both are timed alike.
+The step is the training system's own, set up as `archs.training.loop` does: the model built
+with `archs.fast_conv.for_backend` convolutions and split by `steps.split_model`,
+`steps.make_train_step` through `parallel.distribute_train_step` (jit, sync BatchNorm: the
+state replicated and donated, the batch sharded on the mesh's `data` axis), SGD with Nesterov
+momentum and weight decay from `optim.make_optimizer`. It is fed one synthetic uint8 batch
+already on the devices (host augmentation and input excluded; `benchmarks.input_pipeline`
+measures those), and `time_steps` / `summarize` are shared with `benchmarks.flax_example` so
+both are timed alike.
 
 `--model-kwargs '{"scan_blocks": true}'` passes model overrides; `--compilation-cache DIR` turns
 on JAX's persistent compilation cache (a second run then loads the executable instead of
@@ -39,6 +40,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 
 import archs
+from archs import fast_conv
 from archs.training import optim, parallel, steps
 from archs.training.config import base_config
 from archs.training.trainer import build_trainer
@@ -78,10 +80,17 @@ def build_train_step(
     model_kwargs: dict | None = None,
 ) -> tuple[Callable, steps.TrainState, dict[str, jax.Array]]:
     """(jitted step, replicated train state, sharded synthetic batch); lower and call it under
-    `mesh`. Built outside the mesh context, eager model initialization shares its compiled
-    operations with models built elsewhere in the process."""
+    `mesh`. The model's convolutions are `fast_conv.for_backend` of the mesh's platform, as the
+    training system builds them. Built outside the mesh context, eager model initialization
+    shares its compiled operations with models built elsewhere in the process."""
     info = archs.model_info(name)
-    model = archs.create_model(name, rngs=nnx.Rngs(0), dtype=dtype, **(model_kwargs or {}))
+    model = archs.create_model(
+        name,
+        rngs=nnx.Rngs(0),
+        dtype=dtype,
+        conv=fast_conv.for_backend(mesh.devices.flat[0].platform),
+        **(model_kwargs or {}),
+    )
     config = base_config()
     config.update(model=name, batch_size=batch_size, nesterov=True, schedule="cosine")
     config.dtype = jnp.dtype(dtype).name

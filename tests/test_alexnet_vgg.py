@@ -63,7 +63,7 @@ def test_zfnet_gmacs_agree_with_the_reference():
 
 LETTERS = {
     nnx.Conv: "C",
-    nnx.BatchNorm: "B",
+    layers.BatchNorm: "B",
     layers.LocalResponseNorm: "L",
     layers.MaxPool: "P",
     nnx.Dropout: "D",

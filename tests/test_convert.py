@@ -1,4 +1,5 @@
-"""archs.convert without torch: layouts, key mapping, errors, checkpoint files, the CLI.
+"""archs.convert without torch: layouts, key mapping, errors, checkpoint files, the CLI; and
+archs.model_state, the model-state files convert writes and training reads.
 
 Reference checkpoint layouts come from tests/data/reference_state_shapes.json, written by
 `python -m benchmarks.reference_figures --state-shapes --models ...` from torchvision 0.29.1 /
@@ -20,7 +21,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 import archs
-from archs import convert, layers
+from archs import convert, layers, model_state
 from archs.summary import abstract_model
 
 REFERENCE_SHAPES = json.loads(
@@ -110,7 +111,7 @@ def test_layouts_land_where_expected():
         (lambda sd: sd.update({"fc2.weight": np.zeros(3)}), "key 'fc2.weight' matches nothing"),
         (
             lambda sd: sd.update({"features.0.weight": np.zeros((6, 4, 3, 3), np.float32)}),
-            "'features.0.weight' has shape (6, 4, 3, 3), the model's features.0.kernel needs "
+            "'features.0.weight' has shape (6, 4, 3, 3), the model's features/0/kernel needs "
             "(6, 2, 3, 3)",
         ),
     ],
@@ -127,7 +128,7 @@ def test_mismatches_are_one_line_errors_naming_the_key(edit, message):
 def test_head_of_another_size_kept_fresh_only_when_asked():
     sd = tiny_state_dict()
     sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][:3], sd["fc.bias"][:3]
-    head = {("fc", "kernel"), ("fc", "bias")}
+    head = {"fc/kernel", "fc/bias"}
     with pytest.raises(convert.ConversionError, match="pass num_classes="):
         load_tiny(sd, head=head)
     model = load_tiny(sd, head=head, keep_fresh_head=True)
@@ -189,16 +190,16 @@ def test_pth_without_torch_says_what_to_do(tmp_path):
 
 def test_orbax_state_round_trip(tmp_path):
     model = load_tiny(tiny_state_dict())
-    out = convert.save_state(model, tmp_path / "ckpt")
-    restored = convert.restore_state(Tiny(nnx.Rngs(1)), out)
+    out = model_state.save_state(model, tmp_path / "ckpt")
+    restored = model_state.restore_state(Tiny(nnx.Rngs(1)), out)
     for a, b in zip(
         jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat))),
         jax.tree.leaves(nnx.state(restored, (nnx.Param, nnx.BatchStat))),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(convert.ConversionError, match="already exists"):
-        convert.save_state(model, out)
+    with pytest.raises(model_state.StateError, match="already exists"):
+        model_state.save_state(model, out)
 
 
 def reference_layout(name: str) -> dict[str, tuple[int, ...]]:
@@ -226,16 +227,16 @@ def test_layout_maps_exactly_the_reference_checkpoint(name):
 
 def test_head_is_the_classifier_and_aux_classifiers():
     # torchvision's GoogLeNet: `fc`, and `aux1.fc2` / `aux2.fc2` of its auxiliary heads.
-    head = convert._head_paths(
+    head = model_state.head_keys(
         abstract_model("googlenet"), abstract_model("googlenet", num_classes=7)
     )
-    assert sorted(".".join(map(str, p)) for p in head) == [
-        "aux1.fc2.bias",
-        "aux1.fc2.kernel",
-        "aux2.fc2.bias",
-        "aux2.fc2.kernel",
-        "fc.bias",
-        "fc.kernel",
+    assert sorted(head) == [
+        "aux1/fc2/bias",
+        "aux1/fc2/kernel",
+        "aux2/fc2/bias",
+        "aux2/fc2/kernel",
+        "fc/bias",
+        "fc/kernel",
     ]
 
 
@@ -257,7 +258,7 @@ def test_cli_converts_and_the_result_restores(tmp_path, capsys):
     assert convert.main(args) == 0
     assert "wrote googlenet" in capsys.readouterr().out
 
-    restored = convert.restore_state(abstract_model("googlenet", num_classes=10), out)
+    restored = model_state.restore_state(abstract_model("googlenet", num_classes=10), out)
     weight = sd["inception4a.branch2.1.conv.weight"]
     kernel = restored.inception4a.branch2[1].conv.kernel[...]
     np.testing.assert_array_equal(kernel, weight.transpose(2, 3, 1, 0))
@@ -293,3 +294,36 @@ def test_scanned_blocks_load_stacked_in_block_order():
     np.testing.assert_array_equal(model.layer3[1].bn3.var[...][4], sd["layer3.5.bn3.running_var"])
     first = sd["layer3.0.conv1.weight"][:, :, 0, 0]
     np.testing.assert_array_equal(model.layer3[0].conv1.kernel[...][0, 0], first.T)
+
+
+def test_model_state_reads_what_it_writes_under_one_key_spelling(tmp_path):
+    model = load_tiny(tiny_state_dict())
+    out = model_state.save_state(model, tmp_path / "ckpt")
+    read = model_state.read_model_state(out)
+    written = model_state.flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    assert set(written) == {
+        "features/0/kernel",
+        "features/0/bias",
+        "bn1/scale",
+        "bn1/bias",
+        "bn1/mean",
+        "bn1/var",
+        "fc/kernel",
+        "fc/bias",
+    }
+    assert set(written) <= set(read)  # read also holds the RNG state
+    for name, value in written.items():
+        np.testing.assert_array_equal(read[name], value, err_msg=name)
+
+
+def test_load_into_leaves_the_head_of_another_size_fresh(tmp_path):
+    source = model_state.flat_state(nnx.state(load_tiny(tiny_state_dict())))
+    model = Tiny(nnx.Rngs(1), num_classes=3)
+    head = model_state.head_keys(model, Tiny(nnx.Rngs(1), num_classes=4))
+    assert head == {"fc/kernel", "fc/bias"}
+    fresh_kernel = np.asarray(model.fc.kernel[...])
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    assert sorted(model_state.load_into(source, state)) == sorted(head)
+    nnx.update(model, state)
+    np.testing.assert_array_equal(model.fc.kernel[...], fresh_kernel)
+    np.testing.assert_array_equal(model.bn1.var[...], source["bn1/var"])

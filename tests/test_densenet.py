@@ -283,6 +283,7 @@ def test_registry_entries():
         "bn_size",
         "compression",
         "drop_rate",
+        "fc_init_std",
         "growth_rate",
         "num_init_features",
         "stem",

@@ -1,6 +1,6 @@
-"""archs.fast_conv: the same convolution and gradients as lax's; on the CPU, 1x1 convolutions
-differentiate as matmuls, and scanned convolutions' gradients compile to canonical (fast)
-convolutions."""
+"""archs.fast_conv: the same convolution and gradients as lax's; 1x1 convolutions differentiate
+as matmuls, and scanned convolutions' gradients compile to canonical (fast) convolutions. Models
+take them through `create_model(name, conv=...)` (archs.convolution), lax's by default."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
-from archs import fast_conv
+import archs
+from archs import fast_conv, summary
+from archs.convolution import LAX, ConvImpl
 
 DN = ("NHWC", "HWIO", "NHWC")
 CONVS = {
@@ -72,8 +75,8 @@ def test_values_and_gradients_equal_lax(conv, kernel, stride, groups, padding, d
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_pointwise_gradients_are_matmuls_on_cpu(stride):
-    """On the CPU a 1x1 convolution and its gradients lower to dot_general, not convolution."""
+def test_pointwise_gradients_are_matmuls(stride):
+    """The gradients of a 1x1 convolution lower to dot_general, not convolution."""
     x, w = _inputs(1, 1)
     kwargs = _conv_kwargs(stride, ((0, 0), (0, 0)))
 
@@ -88,9 +91,9 @@ def test_pointwise_gradients_are_matmuls_on_cpu(stride):
 
 
 def test_which_convolutions_take_which_path():
-    """Outside loops only 1x1 convolutions leave lax (for the pointwise path, on the CPU); in
-    scans every stride-1 one takes the loop-safe path. Strided 3x3, grouped, dilated or
-    SAME-padded ones stay lax's."""
+    """Outside loops only 1x1 convolutions leave lax (for the pointwise path); in scans every
+    stride-1 one takes the loop-safe path. Strided 3x3, grouped, dilated or SAME-padded ones
+    stay lax's."""
 
     def jaxpr(conv_fn, kernel=3, groups=1, **kwargs):
         inputs = _inputs(kernel, groups)
@@ -100,10 +103,9 @@ def test_which_convolutions_take_which_path():
     pointwise = {**same, "padding": ((0, 0), (0, 0))}
     strided = {**same, "window_strides": (2, 2)}
     assert "custom_vjp" not in jaxpr(fast_conv.conv_general_dilated, **same)
-    assert "platform_index" in jaxpr(fast_conv.conv_general_dilated, 1, **pointwise)
+    assert "custom_vjp" in jaxpr(fast_conv.conv_general_dilated, 1, **pointwise)
     for kernel, kwargs in ((3, same), (1, pointwise)):
-        scanned = jaxpr(fast_conv.scan_conv_general_dilated, kernel, **kwargs)
-        assert "custom_vjp" in scanned and "platform_index" not in scanned
+        assert "custom_vjp" in jaxpr(fast_conv.scan_conv_general_dilated, kernel, **kwargs)
     grouped = {**strided, "feature_group_count": 4}
     dilated = {**same, "padding": "SAME", "rhs_dilation": (2, 2)}
     for conv_fn in CONVS.values():
@@ -129,3 +131,97 @@ def test_backward_inside_a_scan_compiles_to_canonical_convolutions():
     labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo)
     assert len(labels) >= 3, hlo  # forward, input and kernel gradient
     assert set(labels) == {"b01f_01io->b01f"}, labels
+
+
+# ----- injection into models ---------------------------------------------------------------
+
+
+def test_for_backend_gives_the_fast_cpu_convolutions_on_cpu_only():
+    assert fast_conv.for_backend("cpu") == ConvImpl(
+        fast_conv.conv_general_dilated, fast_conv.scan_conv_general_dilated
+    )
+    for backend in ("gpu", "tpu"):
+        assert fast_conv.for_backend(backend) == LAX == ConvImpl()
+    assert LAX.outside_scan is LAX.inside_scan is lax.conv_general_dilated
+
+
+def _conv_functions(model: nnx.Module) -> dict[str, object]:
+    """Each nnx.Conv's path -> the function it calls."""
+    return {
+        ".".join(map(str, path)): module.conv_general_dilated
+        for path, module in nnx.iter_graph(model)
+        if isinstance(module, nnx.Conv)
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("alexnet_lrn", {}),
+        ("vgg11_bn", {}),
+        ("googlenet", {}),
+        ("inception_resnet_v2", {}),
+        ("densenet121", {"block_config": (1, 1)}),
+        ("senet154", {"depths": (1, 1, 1, 1)}),
+    ],
+)
+def test_every_convolution_of_every_family_calls_the_injected_function(name, overrides):
+    functions = _conv_functions(summary.abstract_model(name, **overrides))
+    assert set(functions.values()) == {lax.conv_general_dilated}
+    functions = _conv_functions(summary.abstract_model(name, conv=fast_conv.CPU, **overrides))
+    assert set(functions.values()) == {fast_conv.conv_general_dilated}
+
+
+def test_scanned_blocks_call_the_inside_scan_function():
+    model = summary.abstract_model(
+        "resnet50", conv=fast_conv.CPU, scan_blocks=True, depths=(1, 2, 1, 3)
+    )
+    for path, function in _conv_functions(model).items():
+        stacked = path.startswith("layer") and path.split(".")[1] == "1"  # the stacked blocks
+        expected = (
+            fast_conv.scan_conv_general_dilated if stacked else fast_conv.conv_general_dilated
+        )
+        assert function is expected, path
+
+
+def test_conv_is_not_an_override_and_is_checked():
+    assert "conv" not in archs.model_overrides("resnet50")
+    with pytest.raises(
+        ValueError, match=r"conv must be an archs\.convolution\.ConvImpl, got 'cpu'"
+    ):
+        archs.create_model("resnet20", conv="cpu")
+
+
+def test_cpu_convolutions_count_the_same_macs():
+    """archs.summary needs no special case: custom_vjp calls hold their convolution."""
+    cpu = summary.abstract_model("resnet50", conv=fast_conv.CPU, scan_blocks=True)
+    assert summary.count_macs(cpu, 224) == summary.count_macs(
+        summary.abstract_model("resnet50"), 224
+    )
+
+
+@pytest.mark.slow
+def test_cpu_convolutions_compute_the_same_model():
+    """A scanned CIFAR ResNet with 1x1 projections (shortcut C, so inside the scan too): the same
+    logits, and the same gradients to float32 rounding, with either convolutions."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
+
+    def logits_and_grads(model: nnx.Module) -> tuple[jax.Array, list[jax.Array]]:
+        logits, grads = nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2))(model)
+        return logits, jax.tree.leaves(nnx.state(grads, nnx.Param))
+
+    results = []
+    for conv in (LAX, fast_conv.CPU):
+        model = archs.create_model(
+            "resnet20",
+            rngs=nnx.Rngs(jax.random.key(0, impl="unsafe_rbg")),
+            conv=conv,
+            depths=(1, 2, 2),
+            shortcut="C",
+            scan_blocks=True,
+        )
+        results.append(nnx.jit(logits_and_grads)(model))
+    (logits, grads), (cpu_logits, cpu_grads) = results
+    np.testing.assert_array_equal(cpu_logits, logits)
+    for ours, ref in zip(cpu_grads, grads, strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)

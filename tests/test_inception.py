@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 import archs
-from archs import googlenet, layers, references
+from archs import googlenet, inception_resnet, layers, references
 from archs.summary import _jaxpr_macs, abstract_model, count_macs, count_params
 
 # Tiny inputs on a CPU: XLA's compile time matters, not the speed of the compiled code.
@@ -196,7 +196,7 @@ def branch_macs(branch: nnx.Module, height: int, channels: int) -> int:
     graphdef, state = nnx.split(branch)
 
     def forward(state, x):
-        return googlenet.sequential(nnx.merge(graphdef, state), x)
+        return layers.apply_in_order(nnx.merge(graphdef, state), x)
 
     x = jax.ShapeDtypeStruct((1, height, height, channels), jnp.float32)
     return _jaxpr_macs(jax.make_jaxpr(forward)(state, x).jaxpr)
@@ -236,12 +236,40 @@ def test_initialisation_follows_the_references():
         ("googlenet", {"aux_logits": "yes"}, "aux_logits must be True or False, got 'yes'"),
         ("googlenet", {"transform_input": 1}, "transform_input must be True or False, got 1"),
         ("inception_v1", {"reduction_1x1": None}, "reduction_1x1 must be True or False"),
-        ("inception_v1", {"drop_rate": 1.0}, "drop_rate must be a dropout rate in [0, 1), got 1.0"),
-        ("googlenet", {"aux_drop_rate": -0.1}, "aux_drop_rate must be a dropout rate"),
-        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be a dropout rate"),
+        ("inception_v1", {"drop_rate": 1.0}, "drop_rate must be in [0, 1), got 1.0"),
+        ("googlenet", {"aux_drop_rate": -0.1}, "aux_drop_rate must be in [0, 1), got -0.1"),
+        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be in [0, 1), got '0.2'"),
     ],
 )
 def test_bad_override_values_are_refused(name, overrides, message):
     with pytest.raises(ValueError) as err:
         archs.create_model(name, **overrides)
     assert message in str(err.value)
+
+
+def test_inception_resnet_v2_drop_path_over_its_40_residual_blocks(monkeypatch):
+    """Rates rise linearly over repeat (10), repeat_1 (20), repeat_2 (9) and block8; each of the
+    40 residual blocks receives its own (key, rate) in training and nothing in eval mode."""
+    model = abstract_model("inception_resnet_v2", drop_path_rate=0.2)
+    np.testing.assert_allclose(model.drop_path_rates, np.linspace(0, 0.2, 40), atol=1e-12)
+    received = []
+    call = inception_resnet.ResidualBlock.__call__
+
+    def recording(block, x, drop=None):
+        received.append(drop)
+        return call(block, x, drop)
+
+    monkeypatch.setattr(inception_resnet.ResidualBlock, "__call__", recording)
+    graphdef, state = nnx.split(model)
+
+    def run(state, x, train):
+        net = nnx.merge(graphdef, state)
+        net.train() if train else net.eval()
+        return net(x)
+
+    x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)
+    for train in (True, False):
+        received.clear()
+        assert jax.eval_shape(functools.partial(run, train=train), state, x).shape == (2, 1000)
+        assert len(received) == 40
+        assert all(drop is not None for drop in received) if train else received == [None] * 40

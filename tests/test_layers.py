@@ -9,6 +9,10 @@ vectorised tricks of the implementation. Shapes are tiny so that the file runs i
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,9 @@ import pytest
 from flax import nnx
 
 from archs import layers
+from archs.summary import abstract_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ZEROS = nnx.initializers.zeros_init()
 
@@ -293,3 +300,156 @@ def test_avg_pool_differentiates_under_jit(count_include_pad):
 
     grad = jax.jit(jax.grad(loss))(jnp.ones((1, 5, 5, 2)))
     assert grad.shape == (1, 5, 5, 2) and bool(jnp.isfinite(grad).all())
+
+
+# ----- ghost BatchNorm (batch statistics over groups of the batch) --------------------------
+
+
+def _bn_pair(seed: int = 0) -> tuple[layers.BatchNorm, nnx.BatchNorm]:
+    """Our BatchNorm and flax's with the same non-trivial scale, bias and running statistics."""
+    ours = layers.batch_norm(4, rngs=nnx.Rngs(0))
+    plain = nnx.BatchNorm(4, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    for name, value in (
+        ("scale", rand(4, seed=seed) + 1),
+        ("bias", rand(4, seed=seed + 1)),
+        ("mean", rand(4, seed=seed + 2)),
+        ("var", rand(4, seed=seed + 3) ** 2 + 0.5),
+    ):
+        getattr(ours, name)[...] = getattr(plain, name)[...] = jnp.asarray(value)
+    return ours, plain
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_ghost_batch_norm_is_batch_norm_on_each_group(k):
+    """Outputs: each group of k consecutive examples through a BatchNorm of its own. Running
+    statistics: the groups' statistics averaged (the same as averaging the groups' separately
+    updated running statistics, since the update is linear)."""
+    ours, plain = _bn_pair()
+    layers.set_bn_group_size(ours, k)
+    x = rand(8, 3, 2, 4) * 3 + 1
+    out = np.asarray(ours(jnp.asarray(x)))
+    group_outputs, group_means, group_vars = [], [], []
+    for start in range(0, 8, k):
+        bn = nnx.clone(plain)
+        group_outputs.append(np.asarray(bn(jnp.asarray(x[start : start + k]))))
+        group_means.append(np.asarray(bn.mean[...]))
+        group_vars.append(np.asarray(bn.var[...]))
+    np.testing.assert_allclose(out, np.concatenate(group_outputs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.mean[...], np.mean(group_means, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.var[...], np.mean(group_vars, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_ghost_batch_norm_of_the_whole_batch_is_batch_norm():
+    """Group size 0 is flax's BatchNorm to the bit; a group of the whole batch equals it."""
+    x = jnp.asarray(rand(8, 3, 2, 4) * 3 + 1)
+    ours, plain = _bn_pair()
+    expected = plain(x)
+    np.testing.assert_array_equal(ours(x), expected)
+    np.testing.assert_array_equal(ours.var[...], plain.var[...])
+    whole, plain = _bn_pair()
+    layers.set_bn_group_size(whole, 8)
+    np.testing.assert_allclose(whole(x), plain(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(whole.mean[...], plain.mean[...], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole.var[...], plain.var[...], rtol=1e-6, atol=1e-7)
+
+
+def test_ghost_batch_norm_in_bfloat16_and_eval_mode():
+    x = jnp.asarray(rand(8, 3, 2, 4) * 3 + 1)
+    bf16 = layers.batch_norm(4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    layers.set_bn_group_size(bf16, 4)
+    assert bf16(x).dtype == jnp.bfloat16 and bf16.mean[...].dtype == jnp.float32
+    ours, plain = _bn_pair()
+    layers.set_bn_group_size(ours, 2)
+    ours.eval()
+    plain.eval()
+    np.testing.assert_array_equal(ours(x), plain(x))  # running statistics: no groups
+
+
+def test_bad_group_sizes_are_one_line_errors():
+    bn = layers.batch_norm(4, rngs=nnx.Rngs(0))
+    layers.set_bn_group_size(bn, 3)
+    with pytest.raises(ValueError, match=r"^bn_group_size=3 does not divide the batch of 8 "):
+        jax.eval_shape(bn, jax.ShapeDtypeStruct((8, 2, 2, 4), jnp.float32))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"bn_group_size must be an int >= 0, got {bad}"):
+            layers.set_bn_group_size(bn, bad)
+    plain = nnx.Sequential(nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"layers\.0 is an nnx\.BatchNorm without groups"):
+        layers.set_bn_group_size(plain, 2)
+
+
+def test_every_family_takes_a_group_size():
+    # Inception-ResNet-v2's conv units are GoogLeNet's `layers.ConvNormAct`.
+    for name, overrides in (
+        ("resnet50", {"depths": (1, 2, 1, 1), "scan_blocks": True}),
+        ("densenet121", {"block_config": (1, 1)}),
+        ("googlenet", {}),
+        ("vgg11_bn", {}),
+        ("alexnet_bn", {}),
+    ):
+        model = abstract_model(name, **overrides)
+        layers.set_bn_group_size(model, 4)
+        norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+        assert norms and all(m.group_size == 4 for m in norms), name
+
+
+GHOST_BN_ON_DEVICES = """
+import jax, jax.numpy as jnp, numpy as np
+from functools import partial
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+import archs
+from archs import layers
+
+assert jax.device_count() == 8
+x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 8, 8, 3)), jnp.float32)
+model = archs.create_model("resnet20", depths=(1, 2, 1), scan_blocks=True)
+model.train()
+graphdef, state = nnx.split(model)
+
+def forward(group_size, state, x):
+    net = nnx.merge(graphdef, state)
+    layers.set_bn_group_size(net, group_size)
+    return net(x), nnx.state(net, nnx.BatchStat)
+
+def check(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+for k in (2, 4, 16):  # groups within a device, across devices, the whole batch
+    check(jax.jit(partial(forward, k))(state, sharded), jax.jit(partial(forward, k))(state, x))
+
+# Per device (shard_map, pmap): groups of 2 of each device's 2 examples are the global batch's
+# groups of 2; the running statistics averaged over devices (as the train step does) too.
+def per_device(state, x):
+    logits, stats = forward(2, state, x)
+    return logits, jax.lax.pmean(stats, "data")
+
+expected = jax.jit(partial(forward, 2))(state, x)
+shard = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))
+check(jax.jit(shard)(state, sharded), expected)
+pmapped = jax.pmap(per_device, axis_name="data", in_axes=(None, 0))
+logits, stats = pmapped(state, x.reshape(8, 2, 8, 8, 3))
+check((logits.reshape(16, -1), jax.tree.map(lambda s: s[0], stats)), expected)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_ghost_batch_norm_under_jit_sharding_shard_map_and_pmap():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", GHOST_BN_ON_DEVICES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

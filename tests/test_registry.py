@@ -48,7 +48,7 @@ SUMMARY_FIELDS = {
 }
 
 
-def test_list_models_is_sorted_and_holds_the_design_names():
+def test_list_models_is_sorted_and_holds_the_contract_names():
     names = archs.list_models()
     assert names == sorted(names)
     assert len(set(names)) == len(names)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from archs import registry
 from archs.classifier import Classifier
+from archs.convolution import LAX, ConvImpl
 from archs.training import report
 from archs.training.runs import RunStatus, RunSummary
 from archs.training.workdir import WorkdirLock
@@ -22,8 +23,10 @@ TINY = "report_test_tiny"
 
 
 class _Tiny(Classifier):
-    def __init__(self, *, num_classes: int, rngs: nnx.Rngs, width: int):
-        self.conv = nnx.Conv(3, width, (3, 3), padding=1, rngs=rngs)
+    def __init__(self, *, num_classes: int, rngs: nnx.Rngs, conv: ConvImpl, width: int):
+        self.conv = nnx.Conv(
+            3, width, (3, 3), padding=1, conv_general_dilated=conv.outside_scan, rngs=rngs
+        )
         self.fc = nnx.Linear(width, num_classes, rngs=rngs)
 
     def forward_features(self, x):
@@ -33,12 +36,20 @@ class _Tiny(Classifier):
         return self.fc(pre_logits)
 
 
-def _tiny(*, num_classes: int, rngs: nnx.Rngs, dtype=None, width: int = 4) -> _Tiny:
-    return _Tiny(num_classes=num_classes, rngs=rngs, width=width)
+def _tiny(
+    *, num_classes: int, rngs: nnx.Rngs, dtype=None, conv: ConvImpl = LAX, width: int = 4
+) -> _Tiny:
+    return _Tiny(num_classes=num_classes, rngs=rngs, conv=conv, width=width)
 
 
 if TINY not in registry.list_models():
-    registry.register(TINY, _tiny, family="test", image_size=8, num_classes=10)
+    registry.register(
+        TINY,
+        _tiny,
+        family="test",
+        preprocessing=registry.Preprocessing(image_size=8),
+        num_classes=10,
+    )
 
 
 def tiny_cost(width: int) -> tuple[int, float]:

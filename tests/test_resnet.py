@@ -247,16 +247,17 @@ def test_zero_init_residual_zeroes_last_bn_scale(resnet20):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"shortcut": "D"}, "shortcut='D'.*'A', 'B', 'C', 'none'"),
-        ({"stride_in": "2x2"}, "stride_in='2x2'.*'1x1', '3x3'"),
-        ({"block": "wide"}, "block='wide'.*'basic', 'bottleneck'"),
-        ({"attention": "cbam"}, "attention='cbam'.*'none', 'se'"),
-        ({"stem": "patch"}, "stem='patch'.*'imagenet', 'cifar', 'deep'"),
-        ({"downsample_kernel": 2}, "downsample_kernel=2.*1, 3"),
+        ({"shortcut": "D"}, "shortcut must be one of 'A', 'B', 'C', 'none', got 'D'"),
+        ({"stride_in": "2x2"}, "stride_in must be one of '1x1', '3x3', got '2x2'"),
+        ({"block": "wide"}, "block must be one of 'basic', 'bottleneck', got 'wide'"),
+        ({"attention": "cbam"}, "attention must be one of 'none', 'se', got 'cbam'"),
+        ({"stem": "patch"}, "stem must be one of 'imagenet', 'cifar', 'deep', got 'patch'"),
+        ({"downsample_kernel": 2}, "downsample_kernel must be one of 1, 3, got 2"),
         ({"groups": 4}, "groups=4"),
-        ({"se_reduction": 0}, "se_reduction=0"),
+        ({"se_reduction": 0}, "se_reduction must be a positive int, got 0"),
         ({"depths": (3, 3)}, r"depths=\(3, 3\)"),
-        ({"drop_rate": 1.5}, "drop_rate=1.5"),
+        ({"drop_rate": 1.5}, r"drop_rate must be in \[0, 1\), got 1.5"),
+        ({"pool_ceil_mode": 1}, "pool_ceil_mode must be True or False, got 1"),
         ({"widths": (64, 32, 16)}, r"shortcut='A'.*widths=\(64, 32, 16\)"),
     ],
 )
@@ -290,3 +291,195 @@ def test_grouped_convolution_matches_per_group_loop():
                     window = padded[0, i : i + 3, j : j + 3, 2 * g : 2 * g + 2]
                     expected[0, i, j, o] = np.sum(window * kernel[..., o])
     np.testing.assert_allclose(conv(jnp.asarray(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def _flat_values(model: nnx.Module) -> dict[str, np.ndarray]:
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+
+
+def test_fc_init_std_draws_the_classifier_from_a_gaussian():
+    """Goyal et al. 2017, Sec. 5.1: fc weights from N(0, 0.01), zero bias; 0 keeps PyTorch's
+    U(+-1/sqrt(fan_in)) and every other variable is the same either way."""
+    tiny = {"num_classes": 1000, "depths": (1, 1, 1)}
+    plain = _flat_values(_build("resnet20", **tiny))
+    gaussian = _flat_values(_build("resnet20", fc_init_std=0.01, **tiny))
+    kernel = gaussian["fc.kernel"]  # 64 x 1000
+    assert kernel.std() == pytest.approx(0.01, rel=0.05)
+    assert abs(kernel.mean()) < 1e-3 and np.abs(kernel).max() > 0.03  # not uniform in 1/sqrt(3)
+    assert not gaussian["fc.bias"].any()
+    assert plain["fc.kernel"].std() == pytest.approx(1 / np.sqrt(3 * 64), rel=0.05)
+    assert np.abs(plain["fc.bias"]).max() <= 1 / 8 and plain["fc.bias"].any()
+    for path, value in plain.items():
+        if not path.startswith("fc."):
+            np.testing.assert_array_equal(gaussian[path], value, err_msg=path)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "inception_resnet_v2"])
+def test_fc_init_std_is_an_override_of_the_families_with_a_plain_classifier(name):
+    assert "fc_init_std" in archs.model_overrides(name)
+    with pytest.raises(ValueError, match=r"fc_init_std must be a number >= 0, got -0\.01"):
+        archs.create_model(name, fc_init_std=-0.01)
+
+
+# ----- stochastic depth (drop_path_rate) ----------------------------------------------------
+
+
+def test_drop_path_rates_rise_linearly_over_the_blocks():
+    """Huang et al. 2016's linear rule as timm applies it: block i of N drops with rate i/(N-1)."""
+    model = summary.abstract_model("resnet20", drop_path_rate=0.4)
+    rates = np.concatenate(model.drop_path_rates)
+    np.testing.assert_allclose(rates, np.linspace(0, 0.4, 9), atol=1e-12)
+    assert [len(stage) for stage in model.drop_path_rates] == [3, 3, 3]
+    assert summary.abstract_model("resnet20").drop_path_rngs is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"drop_path_rate": 1.0}, r"drop_path_rate must be in \[0, 1\), got 1.0"),
+        ({"drop_path_rate": 0.1, "shortcut": "none"}, "drop_path_rate=0.1 needs residual blocks"),
+    ],
+)
+def test_bad_drop_path_rates_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        archs.create_model("resnet20", **overrides)
+
+
+@pytest.fixture(scope="module")
+def drop_path_nets():
+    """resnet20 with depths (1, 3, 2), drop path 0.5: unscanned, and scanned with remat; and
+    the same net without drop path. One seed, so the same parameters."""
+    small = {"depths": (1, 3, 2), "shortcut": "B"}
+    return (
+        _build("resnet20", drop_path_rate=0.5, **small),
+        _build("resnet20", drop_path_rate=0.5, scan_blocks=True, remat=True, **small),
+        _build("resnet20", **small),
+    )
+
+
+def test_drop_path_keeps_the_expectation():
+    """E[drop_path(x)] = x: kept examples are scaled by 1 / (1 - p). Over n examples the mean
+    of drop_path(1) has standard deviation sqrt(p / (1 - p) / n); the bound is 5 of those."""
+    n, p = 20_000, 0.3
+    out = np.asarray(layers.drop_path(jnp.ones((n, 2, 2, 1)), p, jax.random.key(0)))
+    per_example = out.reshape(n, -1)
+    assert set(np.unique(per_example)) <= {0.0, np.float32(1 / (1 - p))}
+    assert (per_example == per_example[:, :1]).all()  # whole examples, all or nothing
+    assert abs(out.mean() - 1) < 5 * np.sqrt(p / (1 - p) / n)
+    assert abs((per_example[:, 0] == 0).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+
+
+def test_each_block_draws_with_its_own_key():
+    key = jax.random.key(0)
+    keys, rates = layers.block_drops(key, 3, [0.0, 0.1, 0.2])
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2])
+    data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+    assert len(set(data)) == 3
+    assert data[0] == tuple(np.asarray(jax.random.key_data(jax.random.fold_in(key, 3))).ravel())
+    assert layers.block_drops(None, 0, [0.1]) is None
+    assert layers.block_drops(key, 0, [0.0, 0.0]) is None
+
+
+def test_a_block_drops_its_residual_branch_per_example(drop_path_nets):
+    """Each example's output is relu(identity) (branch dropped) or relu(branch / (1 - p) +
+    identity) (kept), with drops as frequent as p."""
+    block = nnx.clone(drop_path_nets[2]).layer2[0]  # stride 2, projection shortcut
+    block.eval()
+    x = jax.random.normal(jax.random.key(1), (64, 8, 8, 16))
+    p = 0.5
+
+    @nnx.jit
+    def parts(block: resnet.Block, x: jax.Array) -> tuple[jax.Array, ...]:
+        drop = (jax.random.key(2), jnp.float32(p))
+        return block(x, drop), block.residual(x), block.identity(x), block(x)
+
+    out, branch, identity, undropped = map(np.asarray, parts(block, x))
+    dropped = np.maximum(identity, 0)
+    kept = np.maximum(branch / (1 - p) + identity, 0)
+    is_dropped = np.all(np.isclose(out, dropped, atol=1e-5), axis=(1, 2, 3))
+    is_kept = np.all(np.isclose(out, kept, atol=1e-4), axis=(1, 2, 3))
+    assert (is_dropped ^ is_kept).all()
+    assert 0.2 < is_dropped.mean() < 0.8  # 64 draws of p = 0.5: 5 standard deviations is 0.31
+    np.testing.assert_allclose(undropped, np.maximum(branch + identity, 0), rtol=1e-5, atol=1e-5)
+
+
+@nnx.jit
+def _forward(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+def _loss_and_grads(model: nnx.Module, x: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(model: nnx.Module) -> jax.Array:
+        return jnp.mean(model(x) ** 2)
+
+    value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+    flat = {p: v.get_value() for p, v in nnx.to_flat_state(grads)}
+    return value, flat
+
+
+def test_drop_path_is_the_identity_in_eval_mode(drop_path_nets):
+    plain, scanned, without = (nnx.clone(m) for m in drop_path_nets)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    for net in (plain, scanned, without):
+        net.eval()
+    expected = _forward(without, x)
+    for net in (plain, scanned):
+        np.testing.assert_allclose(_forward(net, x), expected, atol=1e-5)
+
+
+def test_scanned_remat_blocks_drop_as_the_unscanned_ones(drop_path_nets):
+    """In training, the scanned stages (each block its own rate and key, under remat) compute
+    what the unscanned network computes; and drop path changes it."""
+    plain, scanned, without = (nnx.clone(m) for m in drop_path_nets)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    logits = _forward(plain, x)
+    np.testing.assert_allclose(_forward(scanned, x), logits, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(_forward(without, x), logits, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_scanned_remat_blocks_have_the_unscanned_gradients_with_drop_path(drop_path_nets):
+    plain, scanned, _ = (nnx.clone(m) for m in drop_path_nets)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    loss, grads = _loss_and_grads(plain, x)
+    scanned_loss, scanned_grads = _loss_and_grads(scanned, x)
+    np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
+    scanned_grads = resnet.unstack_blocks(scanned_grads)
+    assert scanned_grads.keys() == grads.keys()
+    for path, value in grads.items():
+        np.testing.assert_allclose(scanned_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+
+
+def test_the_train_step_reseeds_the_drop_path_stream(drop_path_nets):
+    """The stream lives on the network, not in the stacked blocks, so `nnx.reseed` (as the train
+    step calls it, on every stream `steps.split_model` finds) reaches it: the same key gives
+    the same draws, another key others."""
+    from archs.training import steps
+
+    _, scanned, _ = (nnx.clone(m) for m in drop_path_nets)
+    parts, _, _ = steps.split_model(scanned)
+    assert parts.rng_streams
+    scanned.train()
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+
+    def logits(seed: int) -> np.ndarray:
+        nnx.reseed(scanned, **dict.fromkeys(parts.rng_streams, seed))
+        return np.asarray(_forward(scanned, x))
+
+    np.testing.assert_array_equal(logits(0), logits(0))
+    assert not np.allclose(logits(0), logits(1))
+
+
+def test_scanned_stages_take_ghost_batch_norm(drop_path_nets):
+    """A group size set on a scanned network reaches the stacked blocks' BatchNorms."""
+    plain, scanned, _ = (nnx.clone(m) for m in drop_path_nets)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    for net in (plain, scanned):
+        layers.set_bn_group_size(net, 2)
+        net.eval()  # drop path off; BatchNorm's batch statistics on:
+        net.set_attributes(use_running_average=False)
+    out = _forward(plain, x)
+    np.testing.assert_allclose(_forward(scanned, x), out, rtol=1e-5, atol=1e-5)
+    layers.set_bn_group_size(plain, 0)
+    assert not np.allclose(_forward(plain, x), out, atol=1e-3)

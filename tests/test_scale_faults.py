@@ -40,7 +40,7 @@ from training_support import (
 )
 
 import archs
-from archs.registry import register
+from archs.registry import Preprocessing, register
 
 RTOL = 1e-4
 
@@ -357,7 +357,7 @@ def other_model_checkpoint(tmp_path_factory):
     """An `archs.convert`-style checkpoint of a model sharing no variable with the tiny one."""
     from flax import nnx
 
-    from archs.convert import save_state
+    from archs.model_state import save_state
 
     model = archs.create_model("resnet20", num_classes=7, rngs=nnx.Rngs(0))
     return save_state(model, tmp_path_factory.mktemp("other") / "resnet20")
@@ -370,7 +370,12 @@ def test_bad_input_catalogue_in_process(
     from archs.training import ConfigError
 
     if "tiny_other" not in archs.list_models():
-        register("tiny_other", _tiny, family="test", image_size=32, crop_pct=1.0)
+        register(
+            "tiny_other",
+            _tiny,
+            family="test",
+            preprocessing=Preprocessing(image_size=32, crop_pct=1.0),
+        )
     overrides = dict(overrides)
     if "model_kwargs" in overrides:
         overrides["model_kwargs"] = ml_collections.ConfigDict(overrides["model_kwargs"])

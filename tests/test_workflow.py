@@ -42,8 +42,8 @@ def test_model_keywords_are_overridden_from_the_command_line():
     ("args", "message"),
     [
         (["--config.model_kwargs.atention=se"], "'atention' .* did you mean attention"),
-        (["--config.model_kwargs.se_reduction=four"], "se_reduction='four' .* not of type int"),
-        (["--config.model_kwargs.zero_init_residual=yes"], "not of type bool"),
+        (["--config.model_kwargs.se_reduction=four"], "se_reduction must be an int, got 'four'"),
+        (["--config.model_kwargs.zero_init_residual=yes"], "must be True or False, got 'yes'"),
         (["--config.lerning_rate=0.2"], "key 'lerning_rate'; did you mean learning_rate"),
         (["--config.learning_rate=fast"], "could not convert string to float"),
     ],

@@ -27,7 +27,8 @@ from flax import nnx
 import archs
 from archs import layers
 from archs.classifier import Classifier
-from archs.registry import register
+from archs.convolution import LAX, ConvImpl
+from archs.registry import Preprocessing, register
 
 ROOT = Path(__file__).resolve().parents[1]
 MOCK_EXAMPLES = 40  # per split
@@ -38,8 +39,17 @@ class Tiny(Classifier):
     """conv-BN-ReLU, global pooling, dropout, linear: every kind of state a real net has
     (`norm=False` drops the BatchNorm, for checks that batch statistics would blur)."""
 
-    def __init__(self, num_classes: int, rngs: nnx.Rngs, dtype, width, drop_rate, norm):
-        self.conv1 = layers.ConvNormAct(3, width, 3, stride=2, norm=norm, dtype=dtype, rngs=rngs)
+    def __init__(self, num_classes: int, rngs: nnx.Rngs, dtype, conv, width, drop_rate, norm):
+        self.conv1 = layers.ConvNormAct(
+            3,
+            width,
+            3,
+            stride=2,
+            norm=norm,
+            dtype=dtype,
+            conv_general_dilated=conv.outside_scan,
+            rngs=rngs,
+        )
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs)
         self.fc = layers.linear(width, num_classes, dtype=dtype, rngs=rngs)
 
@@ -56,17 +66,18 @@ def _tiny(
     num_classes,
     rngs,
     dtype=jnp.float32,
+    conv: ConvImpl = LAX,
     width: int = 8,
     drop_rate: float = 0.1,
     norm: bool = True,
 ):
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
-    return Tiny(num_classes, rngs, dtype, width, drop_rate, norm)
+    return Tiny(num_classes, rngs, dtype, conv, width, drop_rate, norm)
 
 
 if TINY not in archs.list_models():
-    register(TINY, _tiny, family="test", image_size=32, crop_pct=1.0)
+    register(TINY, _tiny, family="test", preprocessing=Preprocessing(image_size=32, crop_pct=1.0))
 
 
 @contextlib.contextmanager
@@ -109,7 +120,7 @@ def lines(workdir):
 
 
 def final_model(workdir):
-    from archs.training.checkpoint import read_model_state
+    from archs.model_state import read_model_state
 
     return read_model_state(str(workdir))
 

@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from archs.model_state import key
 from archs.training.errors import RunError, first_line
 from archs.training.steps import TrainState
 
@@ -70,8 +70,7 @@ def _from_tree(tree: dict[str, Any], like: TrainState) -> TrainState:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {
-        _key(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        key(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
 
 
@@ -90,13 +89,6 @@ def layout_difference(directory: str, step: int, like: TrainState) -> str | None
         if ours[name] != theirs[name]:
             return f"{name} has shape {theirs[name]} in the checkpoint, {ours[name]} here"
     return None
-
-
-def saved_steps(directory: str) -> list[int]:
-    """Finished checkpoints in `directory`, read without creating anything."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
 class Checkpoints:
@@ -212,53 +204,3 @@ def _disk_full_is_a_run_error(directory: str, what: str) -> Iterator[None]:
                 ) from error
             cause = cause.__cause__ or cause.__context__
         raise
-
-
-def _key(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    return {_key(path): v for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def flat_state(state: nnx.State) -> dict[str, Any]:
-    """A model's variables flat by '/'-joined path, as `read_model_state` returns them."""
-    return _flat(nnx.to_pure_dict(state))
-
-
-def read_model_state(path: str) -> dict[str, np.ndarray]:
-    """Model variables of a checkpoint, flat by '/'-joined path.
-
-    `path` is a workdir of this system (its latest checkpoint), a checkpoint directory, or an
-    `archs.convert` output (a StandardCheckpointer pytree of the model state).
-    """
-    path = os.path.abspath(path)
-    for candidate in (os.path.join(path, "checkpoints"), path):
-        steps = saved_steps(candidate)
-        if steps:
-            tree = ocp.StandardCheckpointer().restore(
-                os.path.join(candidate, str(steps[-1]), "state")
-            )
-            return {**_flat(tree["params"]), **_flat(tree["model_state"])}
-    if os.path.isdir(os.path.join(path, "state")):
-        path = os.path.join(path, "state")
-    return _flat(ocp.StandardCheckpointer().restore(path))
-
-
-def load_into(source: dict[str, np.ndarray], state: nnx.State) -> list[str]:
-    """Copy the variables of `source` whose path and shape match into `state`, in place.
-
-    Returns the paths left as initialised (a new head for another num_classes).
-    """
-    fresh = []
-
-    def pick(path: tuple, value: Any) -> Any:
-        key = _key(path)
-        if key in source and np.shape(source[key]) == np.shape(value):
-            return np.asarray(source[key], dtype=np.asarray(value).dtype)
-        fresh.append(key)
-        return value
-
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(pick, nnx.to_pure_dict(state)))
-    return fresh

@@ -157,7 +157,6 @@ class _Run:
     mesh: Any
     trainer: Trainer
     state: steps.TrainState
-    fresh: list[str]  # variables init_from did not set
     train_data: data.TrainData | None
     evaluator: Evaluator
     checkpoints: Checkpoints
@@ -174,7 +173,7 @@ class _Run:
             c.crop_padding,
             data.device_randaugment(plan.source, plan.preprocess),
         )
-        trainer, state, fresh = build_trainer(
+        trainer, state, _ = build_trainer(
             c,
             plan.create_model(),
             schedule=plan.optimizer_schedule,
@@ -198,7 +197,7 @@ class _Run:
             mesh,
         )
         run = cls(
-            plan, mesh, trainer, state, fresh, train_data, evaluator,
+            plan, mesh, trainer, state, train_data, evaluator,
             Checkpoints(plan.checkpoint_dir, c.keep_checkpoints),
         )  # fmt: skip
         try:
@@ -215,11 +214,6 @@ class _Run:
         if restored is not None:
             self.state, self.step, meta = restored
             wall_s = meta["wall_s"]
-        elif self.plan.init_source is not None:
-            console.say(
-                f"init_from {self.plan.config.init_from}; freshly initialised: "
-                + (", ".join(self.fresh) or "none")
-            )
         self.clock = _TrainClock(wall_s)
         keep = None if self.plan.config.eval_only else self.step
         self.writer = MetricsWriter(self.plan.workdir, keep, self.plan.config)

@@ -23,13 +23,10 @@ import optax
 from flax import nnx
 
 import archs
+from archs import fast_conv, layers
+from archs.model_state import flat_state, head_keys, read_model_state, saved_steps
 from archs.training import data, mixing, normalization, optim, parallel, steps
-from archs.training.checkpoint import (
-    flat_state,
-    layout_difference,
-    read_model_state,
-    saved_steps,
-)
+from archs.training.checkpoint import layout_difference
 from archs.training.config import check_config
 from archs.training.errors import ConfigError, first_line
 from archs.training.workdir import check_free
@@ -53,6 +50,7 @@ class Plan:
     num_params: int
     eval_batch_size: int
     init_source: dict[str, np.ndarray] | None  # init_from's model variables, flat by path
+    init_fresh: tuple[tuple[str, ...], tuple[str, ...]]  # (head, others) init_from leaves new
     normalization: str  # where config.input_mean/input_std come from
     train_examples: int | None  # None: evaluation only, or a dataset still to be downloaded
     eval_examples: int | None
@@ -87,14 +85,23 @@ class Plan:
         )
 
     def create_model(self) -> nnx.Module:
-        c = self.config
-        return archs.create_model(
-            c.model,
-            num_classes=self.num_classes,
-            rngs=nnx.Rngs(c.seed),
-            dtype=jnp.dtype(c.dtype),
-            **c.model_kwargs.to_dict(),
-        )
+        return build_model(self.config, self.num_classes)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    """The config's model, with its keywords, the convolutions that are fast on this backend,
+    and its BatchNorm groups (`bn_group_size`)."""
+    model = archs.create_model(
+        config.model,
+        num_classes=num_classes,
+        rngs=nnx.Rngs(config.seed),
+        dtype=jnp.dtype(config.dtype),
+        conv=fast_conv.for_backend(jax.default_backend()),
+        **config.model_kwargs.to_dict(),
+    )
+    if config.bn_group_size:
+        layers.set_bn_group_size(model, config.bn_group_size)
+    return model
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -165,10 +172,20 @@ def _read_init_from(path: str) -> dict[str, np.ndarray]:
         ) from None
 
 
-def _check_init_from(path: str, model: str, source: dict, abstract: nnx.Module) -> None:
-    wanted = {k: v.shape for k, v in flat_state(nnx.state(abstract, nnx.Not(nnx.RngState))).items()}
-    if not any(np.shape(v) == wanted.get(k) for k, v in source.items()):
-        raise ConfigError(f"init_from {path!r} matches no variable of {model}")
+def _fresh_after_init_from(
+    config: ml_collections.ConfigDict, num_classes: int, source: dict, abstract: nnx.Module
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the head's variables, the others) that `init_from` leaves as initialised: those it
+    does not hold with the same shape. The head (`model_state.head_keys`) is fresh when the
+    number of classes changes; anything else fresh is a sign of another architecture."""
+    state = nnx.state(abstract, nnx.Not(nnx.RngState))
+    wanted = {k: v.shape for k, v in flat_state(state).items()}
+    fresh = sorted(k for k, shape in wanted.items() if np.shape(source.get(k)) != shape)
+    if len(fresh) == len(wanted):
+        raise ConfigError(f"init_from {config.init_from!r} matches no variable of {config.model}")
+    wider = nnx.eval_shape(lambda: build_model(config, num_classes + 1))
+    head = head_keys(abstract, wider)
+    return tuple(k for k in fresh if k in head), tuple(k for k in fresh if k not in head)
 
 
 def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
@@ -189,21 +206,13 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     init_source = _read_init_from(config.init_from) if config.init_from else None
     num_classes = config.num_classes or source.num_classes
 
-    def build() -> nnx.Module:
-        return archs.create_model(
-            config.model,
-            num_classes=num_classes,
-            rngs=nnx.Rngs(config.seed),
-            dtype=jnp.dtype(config.dtype),
-            **config.model_kwargs.to_dict(),
-        )
-
     try:
-        abstract = nnx.eval_shape(build)
+        abstract = nnx.eval_shape(lambda: build_model(config, num_classes))
     except ValueError as e:
         raise ConfigError(first_line(e)) from None
+    fresh = ((), ())
     if init_source is not None:
-        _check_init_from(config.init_from, config.model, init_source, abstract)
+        fresh = _fresh_after_init_from(config, num_classes, init_source, abstract)
     preprocess = data.make_preprocess(config, info, source)
     config, normalization_source = _normalization(config, workdir, source, preprocess)
     changed = _changed_settings(config, workdir)
@@ -233,6 +242,7 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         num_params=sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param))),
         eval_batch_size=eval_batch_size,
         init_source=init_source,
+        init_fresh=fresh,
         normalization=normalization_source,
         train_examples=train_examples,
         eval_examples=data.split_size(source, source.eval_split) if prepared else None,
@@ -326,6 +336,14 @@ def describe(plan: Plan) -> str:
             f"length   {plan.total_steps:,} steps = {epochs:.4g} epochs of "
             f"{plan.steps_per_epoch:,} steps"
         )
+    if c.init_from:
+        head, others = plan.init_fresh
+        start = f"init     {c.init_from}: " + (
+            "a new head (" + ", ".join(head) + ")" if head else "every variable"
+        )
+        if others:
+            start += "; also new, absent or of another shape there: " + ", ".join(others)
+        lines.append(start)
     if not c.eval_only:
         lines.append(f"optim    {_optimizer_text(c)}")
     lines.append(

@@ -18,8 +18,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from archs.model_state import load_into
 from archs.training import mixing, optim, parallel, steps
-from archs.training.checkpoint import load_into
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import archs  # noqa: E402
-from archs import convert, layers, references  # noqa: E402
+from archs import convert, layers, model_state, references  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
@@ -232,7 +232,7 @@ def test_converted_resnet50_checkpoint_evaluates(tmp_path):
     torch.save(reference.state_dict(), pth)
     out = tmp_path / "converted"
     assert convert.main(["--model", "resnet50", "--from", str(pth), "--out", str(out)]) == 0
-    model = convert.restore_state(archs.create_model("resnet50", rngs=nnx.Rngs(1)), out)
+    model = model_state.restore_state(archs.create_model("resnet50", rngs=nnx.Rngs(1)), out)
     model.eval()
     ours, theirs = run_both(model, reference, random_batch(128, batch=2))
     assert relative_error(ours, theirs) < TOLERANCE
