@@ -6,6 +6,7 @@ preemption and 3 when asked to fail.
 """
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -31,7 +32,11 @@ CONTRACT_CONFIG_KEYS = {
     "warmup_epochs", "weight_decay", "label_smoothing", "seed", "dtype", "parallelism",
     "bn_mode", "init_from", "eval_only", "log_every_steps", "eval_every_steps",
     "checkpoint_every_steps", "keep_checkpoints",
-    "bn_group_size",  # the 2026-12 contract keys
+    # the 2026-12 contract keys
+    "bn_group_size", "ema_decay", "mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob",
+    "randaugment", "grad_clip_norm", "writers", "eval_protocol", "data_pipeline",
+    # documented in docs/design.md's key table; no contract key says "no bias decay"
+    "weight_decay_exclude_norm_bias",
 }  # fmt: skip
 TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
 
@@ -278,12 +283,16 @@ def test_cli_reports_bad_input_with_exit_2(cli, capsys, tmp_path):
     assert "unknown sweep argument 'huge'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_documents_claim_source_expectation_and_commands(preset):
+def _preset_module(preset: Path):
     spec = importlib.util.spec_from_file_location(preset.stem, preset)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    doc = module.__doc__ or ""
+    return module
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_documents_claim_source_expectation_and_commands(preset):
+    doc = _preset_module(preset).__doc__ or ""
     for field in ("Claim:", "Source:", "Expected:", "Command:", "Smoke:"):
         assert field in doc, f"{preset.name} docstring lacks {field}"
     assert f"--sweep=configs/sweeps/{preset.name}:smoke" in doc
@@ -354,6 +363,41 @@ def test_bn_group_size_sweep_compares_groups_with_the_whole_batch():
             groups_by_batch.setdefault(run["batch_size"], set()).add(run["bn_group_size"])
         assert len(groups_by_batch) >= 2
         assert all(groups == {group, 0} for groups in groups_by_batch.values()), groups_by_batch
+
+
+def test_tricks_sweep_stacks_the_paper_rows_one_by_one():
+    """Each paper run keeps every knob of the run before it and changes at least one (He et al.
+    2019's Tables 4-6); the two isolating arms are the label-smoothing run with one of the last
+    row's knobs; the extra arms are the last paper run with more knobs."""
+    module = _preset_module(ROOT / "configs" / "sweeps" / "tricks.py")
+    base, runs = module.get_sweep()
+    assert base == "configs/imagenet.py:resnet50,resnext"
+    paper = runs[: len(module.PAPER_ROWS) + 1]
+    for before, after in itertools.pairwise(paper):
+        assert set(before) <= set(after), f"{after} dropped {set(before) - set(after)}"
+        assert any(before.get(key) != value for key, value in after.items()), after
+    smoothing, last = paper[-2], paper[-1]
+    isolating = runs[len(paper) : len(paper) + 2]
+    for run in isolating:
+        changed = {key for key, value in run.items() if smoothing.get(key) != value}
+        assert len(changed) == 1 and changed < set(module.PAPER_ROWS[-1]), run
+    extras = runs[len(paper) + len(isolating) :]
+    assert len(extras) == len(module.EXTRA_ARMS)
+    assert all(last.items() <= extra.items() for extra in extras)
+
+
+def test_tricks_smoke_switches_every_knob_on():
+    """The CPU variant runs every training knob at least once, and only at batch 32."""
+    _, runs = sweep.load_sweep(str(ROOT / "configs" / "sweeps" / "tricks.py") + ":smoke")
+    on = {key for run in runs for key, value in run.items() if value not in (0, 0.0, False, "")}
+    assert on >= {
+        "warmup_epochs", "model_kwargs.zero_init_residual", "weight_decay_exclude_norm_bias",
+        "label_smoothing", "mixup_alpha", "cutmix_alpha", "randaugment", "ema_decay",
+        "grad_clip_norm",
+    }  # fmt: skip
+    assert {run.get("schedule") for run in runs} >= {None, "cosine"}  # step (the recipe's), cosine
+    assert {run.get("eval_protocol") for run in runs} >= {None, "flip"}
+    assert {run["batch_size"] for run in runs} == {32}
 
 
 def test_preset_models_and_overrides_are_registered():
