@@ -264,3 +264,16 @@ def test_seed_means_count_finished_runs_only(sweep_dir):
     group = next(line for line in grouped.splitlines() if line.startswith("| 8 |"))
     # Only seed 0 is done: its best and final top-1 are 80.00 (seed 1 would make them 85 and 82.5).
     assert "| 1 of 2 done |" in group and "| 80.00 | 80.00 |" in group
+
+
+def test_ema_columns_appear_when_a_run_averaged_its_weights(tmp_path):
+    evals = [(100, 0.5, 0.4), (200, 0.6, 0.7)]  # step, top-1, EMA top-1
+    lines = [{"step": s, "eval/top1": a, "eval/top5": 0.9, "eval/ema_top1": e} for s, a, e in evals]
+    write_run(tmp_path, "ema=0.99", {"model": TINY, "ema_decay": 0.99}, lines)
+    write_run(
+        tmp_path, "ema=0", {"model": TINY, "ema_decay": 0.0}, [{"step": 200, "eval/top1": 0.5}]
+    )
+    header, *rows = report.report(tmp_path, plots=False, with_cost=False).splitlines()
+    assert header.endswith("| best EMA top-1 % | final EMA top-1 % |")
+    assert rows[-1].endswith("| 70.00 | 70.00 |") and rows[-2].endswith("| - | - |")
+    assert "EMA" not in report.report(tmp_path / "ema=0", plots=False, with_cost=False)

@@ -176,6 +176,17 @@ _METRICS = (
     ("wall s", "summary.wall_s", ".0f"),
     ("images/s", "summary.images_per_sec", ".0f"),
 )
+# Shown when some run averaged its weights (ema_decay > 0).
+_EMA_METRICS = (
+    ("best EMA top-1 %", "summary.best_ema_top1", "pct"),
+    ("final EMA top-1 %", "summary.final_ema_top1", "pct"),
+)
+
+
+def _metrics(results: Sequence[RunResult]) -> tuple[tuple[str, str, str], ...]:
+    if any(r.summary.final_ema_top1 is not None for r in results):
+        return _METRICS + _EMA_METRICS
+    return _METRICS
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -186,8 +197,9 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def run_table(results: Sequence[RunResult], keys: Sequence[str]) -> tuple[list[str], list[list]]:
     """Header and raw rows (one per run) for the CSV and the markdown table."""
-    header = ["run", *keys, *(label for label, _, _ in _METRICS)]
-    getters = [operator.attrgetter(attr) for _, attr, _ in _METRICS]
+    metrics = _metrics(results)
+    header = ["run", *keys, *(label for label, _, _ in metrics)]
+    getters = [operator.attrgetter(attr) for _, attr, _ in metrics]
     rows = [
         [r.name, *(r.config.get(k) for k in keys), *(get(r) for get in getters)] for r in results
     ]
@@ -197,7 +209,7 @@ def run_table(results: Sequence[RunResult], keys: Sequence[str]) -> tuple[list[s
 def runs_markdown(results: Sequence[RunResult], keys: Sequence[str]) -> str:
     """The per-run markdown table."""
     header, rows = run_table(results, keys)
-    kinds = [""] * (1 + len(keys)) + [kind for _, _, kind in _METRICS]
+    kinds = [""] * (1 + len(keys)) + [kind for _, _, kind in _metrics(results)]
     cells = [[_fmt(v, k) for v, k in zip(row, kinds, strict=True)] for row in rows]
     return _markdown(header, cells)
 

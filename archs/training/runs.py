@@ -90,7 +90,8 @@ class RunSummary:
     first, on a tie); `best_top5` the highest eval top-5 at any step; `final_*` come from the
     last eval line (`final_eval`, as written); `steps` is the last step logged; `wall_s` the last
     `train/wall_s` (seconds since the run first started); `images_per_sec` the median of
-    `train/images_per_sec`.
+    `train/images_per_sec`; `best_ema_top1`/`final_ema_top1` the same for the moving average
+    of the weights (`ema_decay` > 0; None without it).
     """
 
     steps: int = 0
@@ -102,11 +103,16 @@ class RunSummary:
     final_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
     wall_s: float | None = None
     images_per_sec: float | None = None
+    best_ema_top1: float | None = None
+    final_ema_top1: float | None = None
 
     def done_fields(self) -> dict[str, Any]:
         """done.json's numbers: the last eval line's keys, then `step`, `wall_s`,
-        `best_eval/top1`, `best_eval/top5`, `best_step`, `median_train/images_per_sec`."""
+        `best_eval/top1`, `best_eval/top5`, `best_step`, `median_train/images_per_sec` (and
+        `best_eval/ema_top1` with EMA)."""
+        ema = {} if self.best_ema_top1 is None else {"best_eval/ema_top1": self.best_ema_top1}
         return {
+            **ema,
             **self.final_eval,
             "step": self.steps,
             "wall_s": self.wall_s,
@@ -126,6 +132,7 @@ def summarize(lines: Sequence[Mapping[str, Any]]) -> RunSummary:
     final = evals[-1] if evals else {}
     walls = [line["train/wall_s"] for line in ordered if "train/wall_s" in line]
     speeds = [line["train/images_per_sec"] for line in ordered if "train/images_per_sec" in line]
+    ema = [line["eval/ema_top1"] for line in evals if "eval/ema_top1" in line]
     return RunSummary(
         steps=ordered[-1]["step"] if ordered else 0,
         best_top1=best["eval/top1"] if best else None,
@@ -136,6 +143,8 @@ def summarize(lines: Sequence[Mapping[str, Any]]) -> RunSummary:
         final_eval=dict(final),
         wall_s=max(walls, default=None),
         images_per_sec=statistics.median(speeds) if speeds else None,
+        best_ema_top1=max(ema, default=None),
+        final_ema_top1=final.get("eval/ema_top1"),
     )
 
 
