@@ -15,8 +15,8 @@ import sys
 
 from absl import app, flags
 
+from archs.cli_errors import ExitCode, first_line
 from archs.training import console, sweep
-from archs.training.errors import ExitCode, first_line
 
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file with its argument: PATH[:ARG]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory holding one workdir per run")

@@ -19,8 +19,9 @@ import sys
 
 from absl import app, flags
 
+from archs.cli_errors import ExitCode, first_line
 from archs.training import console
-from archs.training.errors import ConfigError, ExitCode, RunError, first_line
+from archs.training.errors import ConfigError, RunError
 from archs.training.overrides import load_config, split_config_args
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and logs go")

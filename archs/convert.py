@@ -53,6 +53,7 @@ import numpy as np
 from flax import nnx
 
 from archs import model_state, registry
+from archs.cli_errors import ExitCode, first_line
 
 StateDict = dict[str, np.ndarray]
 
@@ -128,7 +129,7 @@ def _read_safetensors(path: str) -> StateDict:
     try:
         return load_file(path)
     except Exception as err:  # the package raises several types for a bad file
-        raise ConversionError(f"cannot read {path!r} as safetensors: {_first_line(err)}") from err
+        raise ConversionError(f"cannot read {path!r} as safetensors: {first_line(err)}") from err
 
 
 def _read_torch(path: str) -> StateDict:
@@ -142,7 +143,7 @@ def _read_torch(path: str) -> StateDict:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # unpickling errors come in many types
         raise ConversionError(
-            f"cannot read {path!r} as a torch state_dict: {_first_line(err)}"
+            f"cannot read {path!r} as a torch state_dict: {first_line(err)}"
         ) from err
     if not isinstance(loaded, dict):
         raise ConversionError(
@@ -158,11 +159,6 @@ def _read_torch(path: str) -> StateDict:
         key: value.detach().float().numpy() if value.is_floating_point() else value.numpy()
         for key, value in loaded.items()
     }
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def normalize_keys(state_dict: StateDict) -> StateDict:
@@ -362,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = model_state.save_state(model, args.out)
     except ValueError as err:  # ConversionError, StateError, the registry's bad name or value
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"convert: error: {first_line(err)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     print(f"wrote {args.model} to {out}")
-    return 0
+    return ExitCode.COMPLETE
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archs import registry
+from archs.cli_errors import ExitCode, first_line
 
 
 def abstract_model(name: str, **overrides) -> nnx.Module:
@@ -131,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-xla", action="store_true", help="skip XLA's cost analysis")
     args = parser.parse_args(argv)
     names = args.models or registry.list_models()
-    for name in names:
-        registry.model_info(name)  # unknown names fail before any tracing
+    try:
+        for name in names:
+            registry.model_info(name)  # unknown names fail before any tracing
+    except ValueError as error:
+        print(f"summary: error: {first_line(error)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     rows = [summarize(n, with_xla=not args.no_xla) for n in names]
     print(json.dumps(rows, indent=1) if args.json else markdown_table(rows))
-    return 0
+    return ExitCode.COMPLETE
 
 
 if __name__ == "__main__":

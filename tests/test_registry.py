@@ -166,6 +166,11 @@ def test_summary_json(capsys):
     assert "Huang" in row["reference_source"]
 
 
-def test_summary_refuses_unknown_models_before_tracing():
-    with pytest.raises(ValueError, match="unknown model 'resnet5'"):
-        summary.main(["--json", "--models", "resnet5"])
+def test_summary_refuses_unknown_models_in_one_line_before_tracing(capsys):
+    assert summary.main(["--json", "--models", "resnet18", "resnet5"]) == 2
+    out, err = capsys.readouterr()
+    assert not out
+    assert err.strip().splitlines() == [
+        "summary: error: unknown model 'resnet5'; did you mean resnet56, resnet50, resnet152? "
+        "(archs.list_models() lists all 53)"
+    ]

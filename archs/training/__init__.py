@@ -11,8 +11,9 @@ orbax.
 import importlib
 from typing import Any
 
+from archs.cli_errors import ExitCode
 from archs.training.config import base_config
-from archs.training.errors import ConfigError, ExitCode, RunError
+from archs.training.errors import ConfigError, RunError
 
 _LOOP_NAMES = (
     "COMPLETE",

@@ -25,8 +25,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from archs.cli_errors import first_line
 from archs.model_state import key
-from archs.training.errors import RunError, first_line
+from archs.training.errors import RunError
 from archs.training.steps import TrainState
 
 BEST_METRIC = "eval/top1"

@@ -38,9 +38,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import downloader
 
+from archs.cli_errors import first_line
 from archs.training import randaugment_tf
 from archs.training.config import parse_randaugment
-from archs.training.errors import ConfigError, RunError, first_line
+from archs.training.errors import ConfigError, RunError
 from archs.training.parallel import process_rows
 
 HostBatch = dict[str, np.ndarray]

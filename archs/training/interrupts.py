@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from archs.training.errors import ExitCode
+from archs.cli_errors import ExitCode
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

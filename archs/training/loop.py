@@ -23,9 +23,10 @@ import jax
 import ml_collections
 from clu import periodic_actions
 
+from archs.cli_errors import ExitCode
 from archs.training import console, data, parallel, steps
 from archs.training.checkpoint import Checkpoints
-from archs.training.errors import ExitCode, RunError
+from archs.training.errors import RunError
 from archs.training.evaluation import Evaluator
 from archs.training.interrupts import StopRequests
 from archs.training.metrics import MetricsWriter, record_exit, record_launch, write_json

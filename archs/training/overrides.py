@@ -20,7 +20,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from archs.training.errors import ConfigError, first_line
+from archs.cli_errors import first_line
+from archs.training.errors import ConfigError
 
 NESTED_FREE = "model_kwargs"  # the one field whose keys are not fixed by the config file
 _CONFIG_ARG = re.compile(r"^--?config([=.]|$)")

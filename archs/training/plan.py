@@ -24,11 +24,12 @@ from flax import nnx
 
 import archs
 from archs import fast_conv, layers
+from archs.cli_errors import first_line
 from archs.model_state import flat_state, head_keys, read_model_state, saved_steps
 from archs.training import data, mixing, normalization, optim, parallel, steps
 from archs.training.checkpoint import layout_difference
 from archs.training.config import check_config
-from archs.training.errors import ConfigError, first_line
+from archs.training.errors import ConfigError
 from archs.training.workdir import check_free
 
 # A workdir holds one experiment: these may not change when it is run again.

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from archs.training.errors import ExitCode, first_line
+from archs.cli_errors import ExitCode, first_line
 from archs.training.runs import (
     CONFIG_NAME,
     METRICS_NAME,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from archs.training.errors import ExitCode
+from archs.cli_errors import ExitCode
 from archs.training.workdir import Holder, holder
 
 CONFIG_NAME = "config.json"

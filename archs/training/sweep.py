@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from archs.training.errors import ConfigError, ExitCode, first_line
+from archs.cli_errors import ExitCode, first_line
+from archs.training.errors import ConfigError
 from archs.training.overrides import config_from_overrides, override_args
 from archs.training.runs import run_status
 
