@@ -208,7 +208,7 @@ def test_num_classes_changes_only_the_classifier():
         ({"stem": "deep"}, "stem must be one of 'imagenet', 'cifar', got 'deep'"),
         ({"compression": 0.0}, r"compression must be in \(0, 1\], got 0.0"),
         ({"growth_rate": 0}, "growth_rate must be a positive int, got 0"),
-        ({"bn_size": 2.5}, "bn_size must be a positive int, got 2.5"),
+        ({"bn_size": 2.5}, "bn_size must be an int, got 2.5"),
         ({"block_config": ()}, "block_config must hold at least one block"),
         ({"block_config": (6, 0)}, r"block_config \(6, 0\) must be a positive int, got 0"),
         ({"drop_rate": 1.0}, r"drop_rate must be in \[0, 1\), got 1.0"),

@@ -238,7 +238,7 @@ def test_initialisation_follows_the_references():
         ("inception_v1", {"reduction_1x1": None}, "reduction_1x1 must be True or False"),
         ("inception_v1", {"drop_rate": 1.0}, "drop_rate must be in [0, 1), got 1.0"),
         ("googlenet", {"aux_drop_rate": -0.1}, "aux_drop_rate must be in [0, 1), got -0.1"),
-        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be in [0, 1), got '0.2'"),
+        ("inception_resnet_v2", {"drop_rate": "0.2"}, "drop_rate must be a number, got '0.2'"),
     ],
 )
 def test_bad_override_values_are_refused(name, overrides, message):

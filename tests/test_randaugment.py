@@ -190,7 +190,9 @@ def test_stream_pipeline_applies_randaugment_and_resumes_exactly():
         source = data.open_source(c)
         info = type("Info", (), {"image_size": 32, "crop_pct": 1.0})()
         preprocess = {
-            spec: data.make_preprocess(tiny_config(augment="inception", randaugment=spec), info)
+            spec: data.make_preprocess(
+                tiny_config(augment="inception", randaugment=spec), info, source
+            )
             for spec in ("", "2,9")
         }
         plain, augmented = (

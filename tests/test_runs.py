@@ -38,6 +38,7 @@ def test_summary_names_the_best_step():
     summary = runs.summarize(LINES[::-1])  # the order of the lines does not matter
     assert summary.best_top1 == 0.7 and summary.best_step == 100  # the first of a tie
     assert (summary.final_top1, summary.final_top5, summary.best_top5) == (0.6, 0.93, 0.95)
+    assert (summary.best_ema_top1, summary.final_ema_top1) == (0.65, 0.65)
     assert summary.steps == 300 and summary.wall_s == 9.5
     assert summary.images_per_sec == 250.0  # the median of 100, 300, 250
     done = summary.done_fields()
@@ -48,6 +49,7 @@ def test_summary_names_the_best_step():
         "best_eval/top1": 0.7,
         "best_eval/top5": 0.95,
         "best_step": 100,
+        "best_eval/ema_top1": 0.65,
         "median_train/images_per_sec": 250.0,
     }
 

@@ -144,8 +144,8 @@ def test_init_from_takes_the_body_and_a_fresh_head(baseline, tmp_path):
     from flax import nnx
 
     import archs
+    from archs.model_state import flat_state
     from archs.training import EVALUATED, steps
-    from archs.training.checkpoint import flat_state
 
     with mock.patch.object(steps, "init_state", wraps=steps.init_state) as init_state:
         status = run(tmp_path, init_from=str(baseline), num_classes=5, eval_only=True)
