@@ -1,6 +1,7 @@
 """Fixtures shared by the training tests (the helpers themselves are in training_support.py)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,13 @@ def repo_script(module_flags):
         return loaded[filename]
 
     return load
+
+
+@pytest.fixture
+def prepared_cifar10() -> str:
+    """The tfds data dir holding a prepared CIFAR-10 (TFDS_DATA_DIR, else tfds's default);
+    the test skips, saying so, where there is none: tfds cannot download it offline."""
+    data_dir = os.environ.get("TFDS_DATA_DIR", str(Path.home() / "tensorflow_datasets"))
+    if not list(Path(data_dir).glob("cifar10/*/dataset_info.json")):
+        pytest.skip(f"CIFAR-10 is not prepared in the tfds data dir {data_dir} (set TFDS_DATA_DIR)")
+    return data_dir

@@ -418,12 +418,8 @@ def test_preset_models_and_overrides_are_registered():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (ROOT / "train.py").exists() or not (ROOT / "configs" / "cifar10.py").exists(),
-    reason="train.py and configs/cifar10.py are not written yet",
-)
-def test_two_real_runs_in_parallel(tmp_path):
-    """Two 2-step resnet20 runs through the real train.py (needs CIFAR-10 in the tfds data dir)."""
+def test_two_real_runs_in_parallel(tmp_path, prepared_cifar10):
+    """Two 2-step resnet20 runs through the real train.py on the real CIFAR-10."""
     runs = sweep.product(seed=[0, 1], num_train_steps=[2], batch_size=[8], eval_every_steps=[2])
     spec = write_sweep(tmp_path, runs)
     out: list[str] = []

@@ -172,7 +172,7 @@ def test_ctrl_c_mid_run_and_mid_evaluation_saves_exits_and_resumes_bitwise(basel
     _wait_for(lambda: len(_train_steps(tmp_path)) >= 3, proc)
     seconds, out = _interrupt(proc)
     assert seconds < 10
-    saved = int(out.strip().splitlines()[-1].split()[2].replace(",", ""))
+    saved = int(out.strip().splitlines()[-1].split()[2].rstrip(";").replace(",", ""))
     assert out.strip().splitlines()[-1] == f"saved step {saved}; run the same command to resume"
     assert (tmp_path / "checkpoints" / str(saved)).is_dir() and saved < 10
 
@@ -214,7 +214,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(baseline, tmp_path):
-    first = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.2"})
+    first = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "1.0"})
     _wait_for(lambda: len(_train_steps(tmp_path)) >= 2, first)
     second = cli(tmp_path, *SMALL)
     _, err = second.communicate(timeout=300)
