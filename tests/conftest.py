@@ -1,6 +1,5 @@
 """Fixtures shared by the training tests (the helpers themselves are in training_support.py)."""
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -33,14 +32,13 @@ def module_flags():
 def repo_script(module_flags):
     """Load a repository script (train.py, sweep.py) as a module, once per test module: absl
     lets its flags be defined only once, and `module_flags` removes them afterwards."""
+    from training_support import load_file
+
     loaded = {}
 
     def load(filename: str):
         if filename not in loaded:
-            name = f"{Path(filename).stem}_cli"
-            spec = importlib.util.spec_from_file_location(name, ROOT / filename)
-            loaded[filename] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(loaded[filename])
+            loaded[filename] = load_file(filename, f"{Path(filename).stem}_cli")
         return loaded[filename]
 
     return load

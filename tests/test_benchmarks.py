@@ -1,29 +1,21 @@
-"""Benchmark scripts (their --json output on tiny sizes) and the speed options they measure:
-`scan_blocks` and `remat` compute what the plain model computes, `profile_steps` writes a trace.
+"""Benchmark scripts (their --json output on tiny sizes) and the training options they
+measure (`profile_steps` writes a trace).
 
 Tiny models are resnet20's CIFAR layout with fewer blocks (`depths` override), so every compile
-here takes seconds. Float32 tolerance for scan_blocks: the scanned model runs the same
-operations in the same order, only inside a loop, so logits agree to 1e-5 of their scale.
+here takes seconds.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from unittest import mock
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
 import tensorflow_datasets as tfds
-from flax import nnx
 
-import archs
-from archs.resnet import stack_blocks, unstack_blocks
-from archs.summary import abstract_model, count_params, xla_gflops
+from archs.summary import abstract_model, xla_gflops
 from archs.training import dali
 from archs.training.config import base_config, check_config
 from archs.training.errors import ConfigError
@@ -160,91 +152,6 @@ def test_flax_dir_without_the_example_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         flax_example.main(["--flax-dir", str(tmp_path)])
     assert "models.py and train.py" in capsys.readouterr().err
-
-
-# ----- scan_blocks and remat ---------------------------------------------------------------
-
-# resnet20's layer shapes, whose initializers the tests above already compiled.
-SMALL = {"depths": (1, 3, 2)}
-
-
-def _flat(model: nnx.Module) -> dict:
-    """Parameters and BatchNorm statistics by path (the RNG keys are the model's, not blocks')."""
-    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-    return {p: v.get_value() for p, v in nnx.to_flat_state(state)}
-
-
-@pytest.fixture(scope="module")
-def scan_pair():
-    """A small net without and with scan_blocks; tests use clones."""
-    return compile_bench.scan_pair("resnet20", **SMALL)
-
-
-def test_scanned_model_holds_the_plain_models_variables_stacked(scan_pair):
-    plain, scanned = scan_pair
-    stacked, ours = stack_blocks(_flat(plain)), _flat(scanned)
-    assert ours.keys() == stacked.keys()
-    assert ours[("layer2", 1, "conv1", "kernel")].shape == (2, 3, 3, 32, 32)
-    for path, value in ours.items():
-        np.testing.assert_array_equal(value, stacked[path], err_msg=str(path))
-    unstacked = unstack_blocks(ours)
-    assert unstacked.keys() == _flat(plain).keys()
-    path = ("layer2", 2, "conv2", "kernel")
-    np.testing.assert_array_equal(unstacked[path], _flat(plain)[path])
-
-
-@pytest.mark.parametrize("name", ["resnet50", "seresnet50"])
-def test_scan_blocks_keeps_the_parameter_count(name):
-    assert count_params(abstract_model(name, scan_blocks=True)) == count_params(
-        abstract_model(name)
-    )
-
-
-def test_scan_blocks_same_outputs_and_batchnorm_updates(scan_pair):
-    plain, scanned = (nnx.clone(m) for m in scan_pair)
-    diff = compile_bench.scan_output_difference(plain, scanned, 8)
-    for mode in ("eval", "train"):
-        assert diff[f"{mode}_max_abs_diff"] <= 1e-5 * diff[f"{mode}_max_abs_logit"], diff
-    stats = stack_blocks(_flat(plain))
-    assert not np.allclose(stats[("layer2", 1, "bn1", "mean")], 0)  # train mode updated them
-    for path, value in _flat(scanned).items():
-        np.testing.assert_allclose(value, stats[path], atol=1e-6, err_msg=str(path))
-
-
-REMAT = re.compile(r"\b(remat\d*|checkpoint)\[")  # jax.checkpoint's primitive, by version
-
-
-def _grads(**overrides) -> tuple[dict, str]:
-    """Flat gradients (unscanned layout) of a tiny net's loss, and the jaxpr computing them."""
-    model = archs.create_model("resnet20", rngs=nnx.Rngs(0), depths=(2, 2, 2), **overrides)
-    model.train()
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 8, 3)), jnp.float32)
-    labels = jnp.array([1, 2])
-
-    def loss(model):
-        return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
-
-    graphdef, state = nnx.split(model)
-    jaxpr = jax.make_jaxpr(lambda s: nnx.grad(loss)(nnx.merge(graphdef, s)))(state)
-    grads = nnx.jit(nnx.grad(loss))(model)
-    flat = {p: v.get_value() for p, v in nnx.to_flat_state(grads)}
-    return (unstack_blocks(flat) if overrides.get("scan_blocks") else flat), str(jaxpr)
-
-
-def test_remat_same_gradients():
-    """remat with scan_blocks: each stage's first block is rematerialized alone, the others
-    inside the scan, so both paths are covered."""
-    (plain, plain_jaxpr), (other, jaxpr) = _grads(), _grads(remat=True, scan_blocks=True)
-    assert REMAT.search(jaxpr) and not REMAT.search(plain_jaxpr)  # remat is really on
-    assert other.keys() == plain.keys()
-    for path, value in plain.items():
-        np.testing.assert_allclose(other[path], value, rtol=1e-5, atol=1e-6, err_msg=str(path))
-
-
-@pytest.mark.parametrize("key", ["scan_blocks", "remat"])
-def test_speed_overrides_must_be_bools(key):
-    with pytest.raises(ValueError, match=f"{key} must be True or False, got 1"):
-        abstract_model("resnet18", **{key: 1})
 
 
 # ----- training options ----------------------------------------------------------------------

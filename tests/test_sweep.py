@@ -5,7 +5,6 @@ config.json, metrics.jsonl and done.json into --workdir, exits 75 once when aske
 preemption and 3 when asked to fail.
 """
 
-import importlib.util
 import itertools
 import json
 import os
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from training_support import load_file
 
 import archs
 from archs.training import sweep
@@ -283,16 +283,9 @@ def test_cli_reports_bad_input_with_exit_2(cli, capsys, tmp_path):
     assert "unknown sweep argument 'huge'" in capsys.readouterr().err
 
 
-def _preset_module(preset: Path):
-    spec = importlib.util.spec_from_file_location(preset.stem, preset)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_documents_claim_source_expectation_and_commands(preset):
-    doc = _preset_module(preset).__doc__ or ""
+    doc = load_file(preset).__doc__ or ""
     for field in ("Claim:", "Source:", "Expected:", "Command:", "Smoke:"):
         assert field in doc, f"{preset.name} docstring lacks {field}"
     assert f"--sweep=configs/sweeps/{preset.name}:smoke" in doc
@@ -317,30 +310,19 @@ def test_preset_overrides_are_design_config_keys(preset):
             assert all(k.count(".") == 0 or k.startswith("model_kwargs.") for k in run)
 
 
-def _preset_config(base: str, run: dict):
-    """The config a preset's run trains with: its base config file and ARG, then the overrides."""
-    path, _, arg = base.partition(":")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    for key, value in run.items():
-        if key.startswith("model_kwargs."):
-            config.model_kwargs[key.split(".", 1)[1]] = value
-        else:
-            config[key] = value
-    return config
-
-
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_runs_are_valid_configs_with_their_schedules(preset):
+def test_preset_runs_are_valid_configs_with_their_schedules(preset, monkeypatch):
+    """Every run of the full presets too (the smoke runs also go through train.py's plan in
+    test_workflow): its config as train.py parses it, checked, and its schedule."""
     from archs.training import optim
     from archs.training.config import check_config
+    from archs.training.overrides import config_from_overrides
 
+    monkeypatch.chdir(ROOT)
     for arg in ("", ":smoke"):
         base, runs = sweep.load_sweep(f"{preset}{arg}")
         for run in runs:
-            config = _preset_config(base, run)
+            config = config_from_overrides(base, run)
             check_config(config)
             steps_per_epoch = TRAIN_EXAMPLES[config.dataset] // config.batch_size
             total = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
@@ -369,7 +351,7 @@ def test_tricks_sweep_stacks_the_paper_rows_one_by_one():
     """Each paper run keeps every knob of the run before it and changes at least one (He et al.
     2019's Tables 4-6); the two isolating arms are the label-smoothing run with one of the last
     row's knobs; the extra arms are the last paper run with more knobs."""
-    module = _preset_module(ROOT / "configs" / "sweeps" / "tricks.py")
+    module = load_file("configs/sweeps/tricks.py")
     base, runs = module.get_sweep()
     assert base == "configs/imagenet.py:resnet50,resnext"
     paper = runs[: len(module.PAPER_ROWS) + 1]

@@ -8,7 +8,6 @@ recipe tests pin every recipe in configs/ to its paper (the sources are in docs/
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -18,7 +17,14 @@ import optax
 import pytest
 import tensorflow as tf
 from flax import nnx
-from training_support import MOCK_EXAMPLES, TINY, mock_datasets, tiny_config
+from training_support import (
+    MOCK_EXAMPLES,
+    TINY,
+    load_config,
+    load_file,
+    mock_datasets,
+    tiny_config,
+)
 
 import archs
 from archs.resnet import stack_blocks, unstack_blocks
@@ -27,13 +33,6 @@ from archs.training.config import check_config
 from archs.training.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_config(path: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def test_he_cifar_step_schedule():
@@ -184,16 +183,9 @@ TRAIN_EXAMPLES = {
 }
 
 
-def config_module(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_recipe_is_a_valid_config_with_its_schedule():
-    cifar_recipes = config_module("configs/cifar10.py").RECIPES
-    imagenet_recipes = config_module("configs/imagenet.py").RECIPES
+    cifar_recipes = load_file("configs/cifar10.py").RECIPES
+    imagenet_recipes = load_file("configs/imagenet.py").RECIPES
     args = {
         "configs/cifar10.py": [None, "resnet110", *(f"resnet20,{r}" for r in cifar_recipes)],
         "configs/cifar100.py": [None, "densenet_bc_100_12"],

@@ -1,23 +1,23 @@
-"""What the training tests share: a tiny model, tfds mock data, configs, runs, the CLI.
+"""What the training tests share: a tiny model, tfds mock data, configs, runs in process and
+through the CLI, files loaded as modules.
 
 Runs use `tfds.testing.mock_data` (random images, no files) and a tiny model registered here
-only (never in the package). Run as a script, this file is `train.py` under the same mock data
-and model, so tests can run the real CLI in subprocesses (exit codes, signals, devices,
-processes):
-
-    PYTHONPATH=. python tests/training_support.py --config=configs/cifar10.py:tiny_test,fast ...
+only (never in the package). `cli` runs `fake_train.py`, which is `train.py` under the same mock
+data and model, so tests can run the real CLI in subprocesses (exit codes, signals, devices,
+processes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import ModuleType
 from unittest import mock
 
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from archs.registry import Preprocessing, register
 ROOT = Path(__file__).resolve().parents[1]
 MOCK_EXAMPLES = 40  # per split
 TINY = "tiny_test"
+FAKE_TRAIN = Path(__file__).with_name("fake_train.py")
 
 
 class Tiny(Classifier):
@@ -127,7 +128,7 @@ def final_model(workdir):
 
 def cli(workdir, *overrides, config="configs/cifar10.py:tiny_test,fast", env=None, flags=(), **kw):
     """train.py (under mock data) in a subprocess: `--config.KEY=VALUE` overrides, other flags."""
-    args = [sys.executable, __file__, f"--config={config}", f"--workdir={workdir}"]
+    args = [sys.executable, str(FAKE_TRAIN), f"--config={config}", f"--workdir={workdir}"]
     args += [f"--config.{o}" for o in overrides] + list(flags)
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
@@ -145,13 +146,19 @@ SMALL = (
 )
 
 
-def load_config(path, arg):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
+def load_file(path: str | Path, name: str | None = None) -> ModuleType:
+    """The Python file at `path` (relative to the repository) as a new module."""
+    path = ROOT / path
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load_config(path: str, arg: str | None = None):
+    """`get_config(arg)` of a config file (`get_config()` without `arg`)."""
+    module = load_file(path)
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def tree_digest(path):
@@ -161,47 +168,6 @@ def tree_digest(path):
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def _slow_eval_batches(delay: float) -> None:
-    from archs.training import data
-
-    batches = data.EvalData.batches
-
-    def slow_batches(self):
-        for batch in batches(self):
-            time.sleep(delay)
-            yield batch
-
-    data.EvalData.batches = slow_batches
-
-
-def _main() -> None:
-    """train.py under mock data (unless MOCK_DATA=0) with the tiny model (TINY_STEP_SLEEP slows
-    each train batch, TINY_EVAL_SLEEP each eval batch)."""
-    from absl import app
-
-    sys.path.insert(0, str(ROOT))
-    import train
-    from archs.training import data
-
-    delay = float(os.environ.get("TINY_STEP_SLEEP", "0"))
-    if delay:
-        batches = data.TrainData.batches
-
-        def slow_batches(self, start_step):
-            for batch in batches(self, start_step):
-                time.sleep(delay)
-                yield batch
-
-        data.TrainData.batches = slow_batches
-    if os.environ.get("TINY_EVAL_SLEEP"):
-        _slow_eval_batches(float(os.environ["TINY_EVAL_SLEEP"]))
-    # MOCK_DATA=0 for runs on real files: tfds's mock patches file access process-wide while a
-    # dataset is built, which a checkpoint written meanwhile in another thread would go through.
-    mocked = os.environ.get("MOCK_DATA", "1") == "1"
-    with mock_datasets() if mocked else contextlib.nullcontext():
-        app.run(train.main, flags_parser=train._parse)
 
 
 def small_config(**overrides):
@@ -222,7 +188,3 @@ def baseline_run(workdir: Path) -> Path:
     with mock_datasets():
         assert train_and_evaluate(small_config(), str(workdir)) == COMPLETE
     return workdir
-
-
-if __name__ == "__main__":
-    _main()
