@@ -36,7 +36,15 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
   function of the model's `conv`, see `archs.convolution`); `remat`: recompute each block's
   activations in the backward pass (`nnx.remat`) instead of storing them (less memory, about
-  one more forward).
+  one more forward);
+- `scan_stages`: run the same blocks (a stage's all but the first) through one `jax.lax.scan`
+  over their parameters stacked when the model is called, the BatchNorm statistics written back
+  to each block, so the model keeps the unscanned layout `layer{i}.{j}` (checkpoints do not
+  depend on it) while XLA compiles and runs one block per stage. 'auto' (the default) resolves
+  with `jax.default_backend()` when the model is built: scanned on the CPU, where the unrolled
+  backward pass of a deep net costs more per layer the deeper the net (docs/benchmarks.md, "Why
+  deep nets cost more per layer on the CPU"), unrolled elsewhere (on GPUs the unrolled step is
+  the faster); True or False forces either. Ignored with `scan_blocks`, which already scans.
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
 floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
@@ -64,7 +72,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import jax
@@ -74,6 +82,7 @@ from flax import nnx
 
 from archs import layers
 from archs.checks import (
+    check,
     check_choice,
     check_flag,
     check_non_negative,
@@ -232,6 +241,42 @@ def _call_block(unit: Block, x: Array, drop: tuple[Array, Array] | None) -> Arra
     return unit(x, drop)
 
 
+def _first(value: Array) -> Array:
+    return value[0]
+
+
+def resolve_scan_stages(value: bool | str, backend: str | None = None) -> bool:
+    """`scan_stages` as a bool: 'auto' is True on the CPU (`backend`, default
+    `jax.default_backend()`) and False elsewhere."""
+    check("scan_stages", value, "'auto', True or False", value == "auto" or isinstance(value, bool))
+    if value == "auto":
+        return (backend or jax.default_backend()) == "cpu"
+    return value
+
+
+def scan_same_blocks(
+    call: Callable[[Block, Array, tuple[Array, Array] | None], Array],
+    blocks: Sequence[Block],
+    x: Array,
+    drops: tuple[Array, Array] | None,
+) -> Array:
+    """`call` through identically built `blocks` in turn, as one `jax.lax.scan` over their
+    states stacked here; each block gets back its own updated state (BatchNorm statistics).
+    `drops`: None or (keys, rates) with one entry per block."""
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *(nnx.state(unit) for unit in blocks))
+
+    def body(carry: Array, inputs: tuple) -> tuple[Array, nnx.State]:
+        state, drop = inputs
+        unit = nnx.merge(graphdef, state)
+        return call(unit, carry, drop), nnx.state(unit)
+
+    out, states = jax.lax.scan(body, x, (stacked, drops))
+    for k, unit in enumerate(blocks):
+        nnx.update(unit, jax.tree.map(lambda v, k=k: v[k], states))
+    return out
+
+
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
     """Identically built blocks as one Block whose variables are stacked on a new axis 0 (built
     one by one first, so a scanned model starts from the unscanned model's values)."""
@@ -305,6 +350,7 @@ class ResNet(Classifier):
         drop_path_rate: float = 0.0,
         fc_init_std: float = 0.0,
         scan_blocks: bool = False,
+        scan_stages: bool | str = "auto",
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         conv: ConvImpl = LAX,
@@ -352,6 +398,7 @@ class ResNet(Classifier):
             ("remat", remat),
         ):
             check_flag(name, value)
+        scan_stages = resolve_scan_stages(scan_stages) and not scan_blocks
 
         stem_conv = partial(
             layers.conv2d, dtype=dtype, conv_general_dilated=conv.outside_scan, rngs=rngs
@@ -380,12 +427,13 @@ class ResNet(Classifier):
         starts = list(itertools.accumulate(depths, initial=0))
         self.drop_path_rates = tuple(tuple(rates[a:b]) for a, b in itertools.pairwise(starts))
         self.scan_blocks = scan_blocks
+        self.scan_stages = scan_stages
         self.remat = remat
         for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
             stage = []
             for j in range(depth):
                 stride = 2 if index > 0 and j == 0 else 1
-                scanned = scan_blocks and j > 0
+                scanned = (scan_blocks or scan_stages) and j > 0
                 unit = Block(
                     in_channels,
                     planes,
@@ -431,9 +479,14 @@ class ResNet(Classifier):
         first = 0
         for index, rates in enumerate(self.drop_path_rates, start=1):
             drops = layers.block_drops(key, first, rates)
-            for j, unit in enumerate(getattr(self, f"layer{index}")):
+            stage = getattr(self, f"layer{index}")
+            rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
+            if self.scan_stages and len(stage) > 1:
+                out = call(stage[0], out, None if drops is None else jax.tree.map(_first, drops))
+                out = scan_same_blocks(call, list(stage[1:]), out, rest)
+                stage = []
+            for j, unit in enumerate(stage):
                 if self.scan_blocks and j == 1:
-                    rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
                     scan = nnx.scan(call, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
                     out = scan(unit, out, rest)
                 else:
