@@ -26,12 +26,6 @@ def abstract_model(name: str, **overrides) -> nnx.Module:
     return nnx.eval_shape(lambda: registry.create_model(name, **overrides))
 
 
-def unrolled(name: str) -> dict[str, bool]:
-    """The override that unrolls `name`'s stage loops, where it has them (ResNet's `scan_stages`,
-    on by default on the CPU): XLA's cost analysis counts a loop's body once."""
-    return {"scan_stages": False} if "scan_stages" in registry.model_overrides(name) else {}
-
-
 def count_params(model: nnx.Module) -> int:
     """Trainable parameters (BatchNorm running statistics are not nnx.Param, so excluded)."""
     return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -82,7 +76,7 @@ def count_macs(model: nnx.Module, image_size: int, batch: int = 1) -> int:
 
 def xla_gflops(model: nnx.Module, image_size: int) -> float:
     """XLA's cost analysis of the whole eval-mode forward pass (all ops, 2 per MAC); a loop's
-    body counts once, so build `model` with `unrolled(name)`."""
+    body counts once."""
     graphdef, state = nnx.split(model)
 
     def forward(state, x):
@@ -100,7 +94,7 @@ def xla_gflops(model: nnx.Module, image_size: int) -> float:
 def summarize(name: str, with_xla: bool = True) -> dict:
     """One model's row of the summary."""
     info = registry.model_info(name)
-    model = abstract_model(name, **unrolled(name))
+    model = abstract_model(name)
     return {
         "model": name,
         "params": count_params(model),

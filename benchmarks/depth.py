@@ -2,9 +2,10 @@
 
 For each model (default the CIFAR ResNets 20, 32, 44, 56 and 110; `--models resnet18,resnet50
 --image-size 64` for ImageNet ones at a small size) it builds the training system's train step
-(`benchmarks.train_step.build_train_step`, one synthetic batch) in each form of ResNet's
-`scan_stages`: `unrolled` (False: every block its own code) and `scanned` (True: a stage's
-same blocks as one loop over parameters stacked at call time). It compiles each, then times
+(`benchmarks.train_step.build_train_step`, one synthetic batch) in each form: `unrolled`
+(every block its own code, `block_barrier=False`), `barrier` (unrolled, each block's output
+behind an optimization barrier: `block_barrier=True`) and `scanned` (`scan_stages=True`: a
+stage's same blocks as one loop over parameters stacked at call time). It compiles each, then times
 them side by side: `--steps` rounds after one warm-up step each, every round one step of each
 form in turn, so a change in the machine's load reaches every form alike. A row per model and
 form: `train_gflops_per_image` (XLA's count, unrolled: `train_step.train_gflops_per_image`),
@@ -12,7 +13,7 @@ form: `train_gflops_per_image` (XLA's count, unrolled: `train_step.train_gflops_
 `compile_s`, `step_ms` (median), `images_per_sec`, `ms_per_layer` (step over layers),
 `ms_per_gflop` (step over the batch's GFLOPs), `cost_vs_first` (this row's ms per GFLOP over
 the first model's in the same form: 1 when cost grows as the work does) and `peak_memory_mb`.
-`default` rows are the form that the model's default ('auto') resolves to on this backend:
+`default` rows are the form that the model's default (`block_barrier='auto'`) is on this backend:
 the same program, so they repeat that form's numbers instead of timing it again.
 
 `--series-batches 32,64,128` adds a batch-size series of `--series-model` (default resnet56):
@@ -31,17 +32,21 @@ import jax
 from flax import nnx
 
 import archs
-from archs.resnet import resolve_scan_stages
-from archs.summary import abstract_model, unrolled
+from archs.resnet import resolve_block_barrier
+from archs.summary import abstract_model
 from benchmarks import train_step
 
 CIFAR_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
-FORMS = {"unrolled": False, "scanned": True}
+FORMS = {
+    "unrolled": {"block_barrier": False},
+    "barrier": {"block_barrier": True},
+    "scanned": {"block_barrier": False, "scan_stages": True},
+}
 
 
 def main_path_layers(name: str, model_kwargs: dict | None = None) -> int:
     """Convolutions and dense layers of `name` outside its shortcuts (resnet110: 110)."""
-    model = abstract_model(name, **(model_kwargs or {}) | unrolled(name))
+    model = abstract_model(name, **(model_kwargs or {}))
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     return sum(1 for path, _ in params if path[-1] == "kernel" and "downsample" not in path)
 
@@ -58,14 +63,14 @@ def time_forms(
     """One row per form of `name`'s train step (module docstring), timed side by side."""
     mesh = train_step.device_mesh()
     compiled = {}
-    for form, scan in FORMS.items():
+    for form, overrides in FORMS.items():
         step, state, batch = train_step.build_train_step(
             name,
             batch_size=batch_size,
             image_size=image_size,
             dtype=train_step.DTYPES[dtype],
             mesh=mesh,
-            model_kwargs={**(model_kwargs or {}), "scan_stages": scan},
+            model_kwargs={**(model_kwargs or {}), **overrides},
         )
         with jax.set_mesh(mesh):
             executable, compile_s = train_step.compile_step(step, state, batch)
@@ -101,7 +106,7 @@ def time_forms(
                 "peak_memory_mb": round(train_step.peak_memory_bytes(executable) / 2**20, 1),
             }
         )
-    default = "scanned" if resolve_scan_stages("auto") else "unrolled"
+    default = "barrier" if resolve_block_barrier("auto") else "unrolled"
     rows.append({**next(r for r in rows if r["form"] == default), "form": f"default ({default})"})
     return rows
 
@@ -158,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     for name in [*models, args.series_model]:
-        if "scan_stages" not in archs.model_overrides(name):
-            parser.error(f"{name!r} is not a ResNet (it has no scan_stages)")
+        if "block_barrier" not in archs.model_overrides(name):
+            parser.error(f"{name!r} is not a ResNet (it has no block_barrier)")
     settings = {
         "image_size": args.image_size,
         "dtype": args.dtype,

@@ -41,7 +41,6 @@ from jax.sharding import AxisType, Mesh
 
 import archs
 from archs import fast_conv
-from archs.summary import unrolled
 from archs.training import optim, parallel, steps
 from archs.training.config import base_config
 from archs.training.trainer import build_trainer
@@ -160,7 +159,7 @@ def train_gflops_per_image(
     and the compiled one's convolutions are cuDNN calls that it does not count; unscanned,
     because XLA counts a loop body once and recomputation again."""
     loops = ("scan_blocks", "scan_stages", "remat")
-    plain = {k: v for k, v in (model_kwargs or {}).items() if k not in loops} | unrolled(name)
+    plain = {k: v for k, v in (model_kwargs or {}).items() if k not in loops}
     mesh = device_mesh(1, "cpu")
     step, state, batch = build_train_step(
         name,
