@@ -493,8 +493,8 @@ def test_block_barrier_resolves_by_backend_and_is_checked():
     assert summary.abstract_model("resnet20").layer1[0].barrier == on_cpu
     assert not summary.abstract_model("resnet20", block_barrier=False).layer1[0].barrier
     assert not summary.abstract_model("resnet20", scan_stages=True, scan_blocks=True).scan_stages
-    with pytest.raises(ValueError, match="block_barrier must be 'auto', True or False, got 1"):
-        archs.create_model("resnet20", block_barrier=1)
+    with pytest.raises(ValueError, match="block_barrier must be 'auto', True or False, got 'on'"):
+        archs.create_model("resnet20", block_barrier="on")
 
 
 def test_block_barriers_train_as_without(drop_path_nets):
