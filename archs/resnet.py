@@ -36,7 +36,21 @@ Hu et al. 2018), and every part is a keyword override of `create_model`:
   compiled much faster for the deep nets; the scanned convolutions call the `inside_scan`
   function of the model's `conv`, see `archs.convolution`); `remat`: recompute each block's
   activations in the backward pass (`nnx.remat`) instead of storing them (less memory, about
-  one more forward).
+  one more forward);
+- `block_barrier`: end every block with `jax.lax.optimization_barrier` on its output (the
+  identity, so the same function and parameters), which stops XLA from fusing a block's
+  elementwise tail (BatchNorm, addition, ReLU) into the consumers of later blocks. XLA:CPU
+  otherwise recomputes a stage's whole residual stream, block by block, inside the transposes
+  and masks of every block's backward pass: work quadratic in depth, so resnet110's unrolled
+  step costs about twice resnet20's per FLOP (docs/benchmarks.md, "Why deep nets cost more per
+  layer on the CPU"). 'auto' (the default) resolves with `jax.default_backend()` when the
+  model is built: on for the CPU, off elsewhere (GPU programs stay as they were); True or
+  False forces either;
+- `scan_stages`: run the same blocks (a stage's all but the first) through one `jax.lax.scan`
+  over their parameters stacked when the model is called, the BatchNorm statistics written back
+  to each block, so the model keeps the unscanned layout `layer{i}.{j}` (checkpoints do not
+  depend on it) while XLA compiles one block per stage (faster compiles); ignored with
+  `scan_blocks`, which already scans.
 
 `senet154` is timm 1.0's `senet154` (timm/models/resnet.py, Gluon's weights): stride on the 3x3,
 floor-mode padded stem pool, no dropout; its 20.69 GMACs confirm that layout (the stride on the
@@ -64,7 +78,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import jax
@@ -74,6 +88,7 @@ from flax import nnx
 
 from archs import layers
 from archs.checks import (
+    check,
     check_choice,
     check_flag,
     check_non_negative,
@@ -115,6 +130,7 @@ class BlockConfig:
     se_divisor: int = 8
     zero_init_residual: bool = False
     downsample_kernel: int = 1
+    barrier: bool = False
 
     def __post_init__(self):
         check_choice("block", self.block, BLOCKS)
@@ -125,6 +141,7 @@ class BlockConfig:
         for name in ("groups", "width_per_group", "reduce_first", "se_reduction", "se_divisor"):
             check_positive_int(name, getattr(self, name))
         check_flag("zero_init_residual", self.zero_init_residual)
+        check_flag("barrier", self.barrier)
         basic_defaults = (self.groups, self.width_per_group, self.reduce_first) == (1, 64, 1)
         if self.block == "basic" and not basic_defaults:
             raise ValueError(
@@ -189,6 +206,7 @@ class Block(nnx.Module):
         )
         reshape = stride != 1 or in_channels != out_channels
         self.shortcut = config.shortcut
+        self.barrier = config.barrier
         self.stride = stride
         self.pad_channels = out_channels - in_channels
         project = config.shortcut == "C" or (config.shortcut == "B" and reshape)
@@ -225,11 +243,50 @@ class Block(nnx.Module):
             out = layers.drop_path(out, drop[1], drop[0])
         if self.shortcut != "none":
             out = out + self.identity(x)
-        return jax.nn.relu(out)
+        out = jax.nn.relu(out)
+        return jax.lax.optimization_barrier(out) if self.barrier else out
 
 
 def _call_block(unit: Block, x: Array, drop: tuple[Array, Array] | None) -> Array:
     return unit(x, drop)
+
+
+def _first(value: Array) -> Array:
+    return value[0]
+
+
+def resolve_block_barrier(value: bool | str, backend: str | None = None) -> bool:
+    """`block_barrier` as a bool: 'auto' is True on the CPU (`backend`, default
+    `jax.default_backend()`) and False elsewhere."""
+    check(
+        "block_barrier", value, "'auto', True or False", value == "auto" or isinstance(value, bool)
+    )
+    if value == "auto":
+        return (backend or jax.default_backend()) == "cpu"
+    return value
+
+
+def scan_same_blocks(
+    call: Callable[[Block, Array, tuple[Array, Array] | None], Array],
+    blocks: Sequence[Block],
+    x: Array,
+    drops: tuple[Array, Array] | None,
+) -> Array:
+    """`call` through identically built `blocks` in turn, as one `jax.lax.scan` over their
+    states stacked here; each block gets back its own updated state (BatchNorm statistics).
+    `drops`: None or (keys, rates) with one entry per block."""
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *(nnx.state(unit) for unit in blocks))
+
+    def body(carry: Array, inputs: tuple) -> tuple[Array, nnx.State]:
+        state, drop = inputs
+        unit = nnx.merge(graphdef, state)
+        return call(unit, carry, drop), nnx.state(unit)
+
+    out, states = jax.lax.scan(body, x, (stacked, drops))
+    for k, unit in enumerate(blocks):
+        nnx.update(unit, jax.tree.map(lambda v, k=k: v[k], states))
+    return out
 
 
 def stacked_blocks(blocks: Sequence[Block]) -> Block:
@@ -305,6 +362,8 @@ class ResNet(Classifier):
         drop_path_rate: float = 0.0,
         fc_init_std: float = 0.0,
         scan_blocks: bool = False,
+        scan_stages: bool = False,
+        block_barrier: bool | str = "auto",
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         conv: ConvImpl = LAX,
@@ -322,6 +381,7 @@ class ResNet(Classifier):
             se_divisor=se_divisor,
             zero_init_residual=zero_init_residual,
             downsample_kernel=downsample_kernel,
+            barrier=resolve_block_barrier(block_barrier),
         )
         check_choice("stem", stem, STEMS)
         check_positive_int("stem_width", stem_width)
@@ -349,9 +409,11 @@ class ResNet(Classifier):
         for name, value in (
             ("pool_ceil_mode", pool_ceil_mode),
             ("scan_blocks", scan_blocks),
+            ("scan_stages", scan_stages),
             ("remat", remat),
         ):
             check_flag(name, value)
+        scan_stages = scan_stages and not scan_blocks
 
         stem_conv = partial(
             layers.conv2d, dtype=dtype, conv_general_dilated=conv.outside_scan, rngs=rngs
@@ -380,12 +442,13 @@ class ResNet(Classifier):
         starts = list(itertools.accumulate(depths, initial=0))
         self.drop_path_rates = tuple(tuple(rates[a:b]) for a, b in itertools.pairwise(starts))
         self.scan_blocks = scan_blocks
+        self.scan_stages = scan_stages
         self.remat = remat
         for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):
             stage = []
             for j in range(depth):
                 stride = 2 if index > 0 and j == 0 else 1
-                scanned = scan_blocks and j > 0
+                scanned = (scan_blocks or scan_stages) and j > 0
                 unit = Block(
                     in_channels,
                     planes,
@@ -431,9 +494,14 @@ class ResNet(Classifier):
         first = 0
         for index, rates in enumerate(self.drop_path_rates, start=1):
             drops = layers.block_drops(key, first, rates)
-            for j, unit in enumerate(getattr(self, f"layer{index}")):
+            stage = getattr(self, f"layer{index}")
+            rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
+            if self.scan_stages and len(stage) > 1:
+                out = call(stage[0], out, None if drops is None else jax.tree.map(_first, drops))
+                out = scan_same_blocks(call, list(stage[1:]), out, rest)
+                stage = []
+            for j, unit in enumerate(stage):
                 if self.scan_blocks and j == 1:
-                    rest = None if drops is None else jax.tree.map(lambda a: a[1:], drops)
                     scan = nnx.scan(call, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
                     out = scan(unit, out, rest)
                 else:

@@ -75,7 +75,8 @@ def count_macs(model: nnx.Module, image_size: int, batch: int = 1) -> int:
 
 
 def xla_gflops(model: nnx.Module, image_size: int) -> float:
-    """XLA's cost analysis of the whole eval-mode forward pass (all ops, 2 per MAC)."""
+    """XLA's cost analysis of the whole eval-mode forward pass (all ops, 2 per MAC); a loop's
+    body counts once."""
     graphdef, state = nnx.split(model)
 
     def forward(state, x):

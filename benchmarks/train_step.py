@@ -154,11 +154,12 @@ def train_gflops_per_image(
     name: str, image_size: int, dtype: Any, model_kwargs: dict | None = None, batch_size: int = 2
 ) -> float:
     """The training GFLOPs per image of `name`'s train step (forward, backward and update):
-    XLA's cost analysis of the step lowered for one CPU device, always without `scan_blocks`
-    and `remat`. The CPU, because on a GPU the lowered module has no cost analysis and the
-    compiled one's convolutions are cuDNN calls that it does not count; unscanned, because XLA
-    counts a loop body once and recomputation again."""
-    plain = {k: v for k, v in (model_kwargs or {}).items() if k not in ("scan_blocks", "remat")}
+    XLA's cost analysis of the step lowered for one CPU device, always without `scan_blocks`,
+    `scan_stages` and `remat`. The CPU, because on a GPU the lowered module has no cost analysis
+    and the compiled one's convolutions are cuDNN calls that it does not count; unscanned,
+    because XLA counts a loop body once and recomputation again."""
+    loops = ("scan_blocks", "scan_stages", "remat")
+    plain = {k: v for k, v in (model_kwargs or {}).items() if k not in loops}
     mesh = device_mesh(1, "cpu")
     step, state, batch = build_train_step(
         name,

@@ -20,7 +20,7 @@ from archs.training import dali
 from archs.training.config import base_config, check_config
 from archs.training.errors import ConfigError
 from benchmarks import compile as compile_bench
-from benchmarks import flax_example, input_pipeline, scaling, train_step
+from benchmarks import depth, flax_example, input_pipeline, scaling, train_step
 
 TINY = '{"depths":[1,2,2]}'  # no spaces: argv strings below are split on spaces
 TINY_SCANNED = '{"depths":[1,2,2],"scan_blocks":true}'
@@ -50,6 +50,29 @@ def test_train_step_json_has_the_contract_fields(capsys):
     # one), plus BatchNorm and the update. Both counts are XLA's, which leaves out the padding.
     forward_gflops = xla_gflops(abstract_model("resnet20", depths=(1, 2, 2)), 8)
     assert 2.5 * forward_gflops < out["train_gflops_per_image"] < 4.5 * forward_gflops
+
+
+def test_depth_json_has_a_row_per_form(capsys):
+    out = run_json(
+        depth.main,
+        f"--models resnet20 --model-kwargs {TINY} --batch-size 2 --image-size 8 --steps 1 "
+        "--series-model resnet20 --series-batches 2",
+        capsys,
+    )
+    assert out["backend"] == jax.default_backend()
+    rows = out["depth"]
+    default = "barrier" if jax.default_backend() == "cpu" else "unrolled"
+    assert [r["form"] for r in rows] == [*depth.FORMS, f"default ({default})"]
+    for row in rows:
+        assert row["layers"] == 12  # stem, 5 blocks of 2 convolutions, fc
+        for key in ("train_gflops_per_image", "compile_s", "step_ms", "ms_per_gflop"):
+            assert row[key] > 0, key
+        assert row["ms_per_layer"] == pytest.approx(row["step_ms"] / 12, rel=1e-2)
+        assert row["images_per_sec"] == pytest.approx(2e3 / row["step_ms"], rel=1e-2)
+        assert row["cost_vs_first"] == 1
+    assert len({r["train_gflops_per_image"] for r in rows}) == 1  # counted unrolled
+    assert [r["batch_size"] for r in out["batch"]] == [2] * 4
+    assert all(r["ms_per_image"] > 0 for r in out["batch"])
 
 
 def test_train_step_refuses_a_bad_override(capsys):

@@ -575,3 +575,63 @@ def test_remat_same_gradients():
 def test_speed_overrides_must_be_bools(key):
     with pytest.raises(ValueError, match=f"{key} must be True or False, got 1"):
         abstract_model("resnet18", **{key: 1})
+
+
+def test_block_barrier_resolves_by_backend_and_is_checked():
+    assert resnet.resolve_block_barrier("auto", "cpu") is True
+    assert resnet.resolve_block_barrier("auto", "gpu") is False
+    assert resnet.resolve_block_barrier(False, "cpu") is False
+    on_cpu = jax.default_backend() == "cpu"
+    assert summary.abstract_model("resnet20").layer1[0].barrier == on_cpu
+    assert not summary.abstract_model("resnet20", block_barrier=False).layer1[0].barrier
+    assert not summary.abstract_model("resnet20", scan_stages=True, scan_blocks=True).scan_stages
+    with pytest.raises(ValueError, match="block_barrier must be 'auto', True or False, got 'on'"):
+        archs.create_model("resnet20", block_barrier="on")
+
+
+def test_block_barriers_train_as_without(drop_path_nets):
+    """The barrier is the identity: a training step's loss, gradients and BatchNorm statistics
+    are those without it (float32 tolerance of the scan_blocks tests)."""
+    plain = nnx.clone(drop_path_nets[0])
+    cut = _build("resnet20", drop_path_rate=0.5, depths=(1, 3, 2), shortcut="B", block_barrier=True)
+    plain.set_attributes(barrier=False)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    for net in (plain, cut):
+        net.train()
+    loss, grads = _loss_and_grads(plain, x)
+    cut_loss, cut_grads = _loss_and_grads(cut, x)
+    np.testing.assert_allclose(cut_loss, loss, rtol=1e-5)
+    for path, value in grads.items():
+        np.testing.assert_allclose(cut_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+    for path, value in _batch_stats(plain).items():
+        np.testing.assert_allclose(_batch_stats(cut)[path], value, rtol=1e-5, atol=1e-6)
+
+
+def _batch_stats(model: nnx.Module) -> dict:
+    return {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+
+
+def test_scanned_stages_train_as_the_unrolled_ones(drop_path_nets):
+    """scan_stages (blocks scanned over parameters stacked at call time) keeps the unrolled
+    layout, and a training forward and backward with drop path gives the unrolled loss,
+    gradients and updated BatchNorm statistics (float32 tolerance of the scan_blocks tests)."""
+    plain = nnx.clone(drop_path_nets[0])
+    scanned = _build(
+        "resnet20", drop_path_rate=0.5, depths=(1, 3, 2), shortcut="B", scan_stages=True
+    )
+    assert _param_shapes(scanned) == _param_shapes(plain)
+    assert _batch_stats(scanned).keys() == _batch_stats(plain).keys()
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    for net in (plain, scanned):
+        net.train()
+    loss, grads = _loss_and_grads(plain, x)
+    scanned_loss, scanned_grads = _loss_and_grads(scanned, x)
+    np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
+    assert scanned_grads.keys() == grads.keys()
+    for path, value in grads.items():
+        np.testing.assert_allclose(scanned_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+    stats, scanned_stats = _batch_stats(plain), _batch_stats(scanned)
+    initial = _batch_stats(drop_path_nets[0])
+    for path, value in stats.items():
+        assert not np.allclose(value, initial[path]), path  # every block's statistics moved
+        np.testing.assert_allclose(scanned_stats[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
