@@ -70,15 +70,17 @@ def test_the_readme_train_command_checks_its_plan(tmp_path):
 
 @pytest.mark.slow
 def test_the_readme_commands_on_real_cifar10(tmp_path, prepared_cifar10):
-    """The train command for 3 steps, again (complete), the report on its workdir, and the
-    sweep command's checks."""
+    """The train command for 3 steps (evaluated on 256 test images), again (complete), the
+    report on its workdir, and the sweep command's checks."""
     workdir = tmp_path / "cifar10"
-    short = ["--config.num_train_steps=3", "--config.batch_size=16", "--config.eval_every_steps=3"]
+    short = [
+        f"--config.{o}" for o in ("num_train_steps=3", "warmup_epochs=0", "eval_split=test[:256]")
+    ]
     train = command("python train.py")
     paths = {"runs/cifar10": workdir}
     assert "done: step 3, eval top-1" in run(train, paths, extra=short)
     assert "complete: step 3" in run(train, paths, extra=short)
     report = command("python -m archs.training.report")
-    assert "resnet20" in run(report, {"runs/degradation_smoke": workdir})
+    assert "| cifar10 | done | 269,722 |" in run(report, {"runs/degradation_smoke": workdir})
     sweep = run(command("python sweep.py"), {"runs/": tmp_path}, extra=["--check"])
     assert sweep.splitlines()[-1] == "4/4 runs pass the checks"

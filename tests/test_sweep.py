@@ -403,6 +403,7 @@ def test_preset_models_and_overrides_are_registered():
 def test_two_real_runs_in_parallel(tmp_path, prepared_cifar10):
     """Two 2-step resnet20 runs through the real train.py on the real CIFAR-10."""
     runs = sweep.product(seed=[0, 1], num_train_steps=[2], batch_size=[8], eval_every_steps=[2])
+    runs = sweep.product(runs, [{"warmup_epochs": 0, "eval_split": "test[:256]"}])
     spec = write_sweep(tmp_path, runs)
     out: list[str] = []
     train = [sys.executable, str(ROOT / "train.py")]
