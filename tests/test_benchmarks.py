@@ -52,6 +52,7 @@ def test_train_step_json_has_the_contract_fields(capsys):
     assert 2.5 * forward_gflops < out["train_gflops_per_image"] < 4.5 * forward_gflops
 
 
+@pytest.mark.slow
 def test_depth_json_has_a_row_per_form(capsys):
     out = run_json(
         depth.main,

@@ -240,6 +240,7 @@ def test_head_is_the_classifier_and_aux_classifiers():
     ]
 
 
+@pytest.mark.slow
 def test_cli_converts_and_the_result_restores(tmp_path, capsys):
     # A torchvision-layout GoogLeNet checkpoint with random values, written without torch.
     rng = np.random.default_rng(0)

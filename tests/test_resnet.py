@@ -611,6 +611,7 @@ def _batch_stats(model: nnx.Module) -> dict:
     return {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
 
 
+@pytest.mark.slow
 def test_scanned_stages_train_as_the_unrolled_ones(drop_path_nets):
     """scan_stages (blocks scanned over parameters stacked at call time) keeps the unrolled
     layout, and a training forward and backward with drop path gives the unrolled loss,

@@ -90,6 +90,7 @@ def eight_devices(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(baseline, eight_devices):
     """Sync BatchNorm over the global batch: 8 devices compute what 1 device does."""
     (launch,) = json.loads((eight_devices / "provenance.json").read_text())["launches"]
@@ -97,6 +98,7 @@ def test_eight_devices_match_one_device(baseline, eight_devices):
     assert_same_losses(lines(eight_devices), lines(baseline))
 
 
+@pytest.mark.slow
 def test_pmap_matches_jit_with_per_device_batchnorm(tmp_path):
     runs_in_subprocess(
         8,
@@ -112,6 +114,7 @@ def test_pmap_matches_jit_with_per_device_batchnorm(tmp_path):
     assert per_device[0] != pytest.approx(sync[0], rel=1e-3)  # the BatchNorm groups differ
 
 
+@pytest.mark.slow
 def test_accumulating_two_micro_batches_is_batchnorm_on_two_devices(tmp_path):
     """Each micro-batch / device normalises with its own statistics, so the train losses agree;
     running statistics are updated per micro-batch vs averaged over devices, so evals differ."""
@@ -120,6 +123,7 @@ def test_accumulating_two_micro_batches_is_batchnorm_on_two_devices(tmp_path):
     assert_same_losses(lines(tmp_path / "accum2"), lines(tmp_path / "two_devices"), ("train/loss",))
 
 
+@pytest.mark.slow
 def test_accumulation_without_batchnorm_is_the_whole_batch(tmp_path):
     no_norm = ml_collections.ConfigDict({"norm": False, "drop_rate": 0.0})
     run(tmp_path / "whole", model_kwargs=no_norm)
@@ -133,6 +137,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_run_of_one_process(eight_devices, tmp_path):
     workdir = tmp_path / "w"
     procs = _two_processes(workdir, *SMALL)
@@ -170,6 +175,7 @@ def _two_processes(workdir: Path, *overrides: str, env: dict | None = None):
     ]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
     """JAX's preemption sync point: every process saves the same step and exits with 75."""
     procs = _two_processes(tmp_path, *SMALL, "num_train_steps=400", env={"TINY_STEP_SLEEP": "0.2"})
@@ -186,6 +192,7 @@ def test_sigterm_stops_both_processes_at_the_same_step(tmp_path):
     assert max(saved) == max(r["step"] for r in lines(tmp_path)) < 400
 
 
+@pytest.mark.slow
 def test_checkpoint_from_eight_devices_resumes_on_one(baseline, eight_devices, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(eight_devices, workdir)
@@ -248,6 +255,7 @@ def test_sigkill_during_checkpoint_writes_and_at_random_steps_then_resume(baseli
         assert x.get("train/loss") == y.get("train/loss"), x["step"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_75_and_resumes_exactly(baseline, tmp_path):
     proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.15"})
     deadline = time.time() + 120
@@ -426,6 +434,7 @@ def test_bad_input_catalogue_on_the_command_line(baseline, train, capsys, args, 
     assert tree_digest(baseline) == before
 
 
+@pytest.mark.slow
 def test_bad_overrides_exit_2_through_the_real_command(tmp_path):
     cases = {"no_such_key=1": "no_such_key", "batch_size=eight": "eight"}
     procs = {o: cli(tmp_path / o, o) for o in cases}

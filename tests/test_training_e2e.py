@@ -66,6 +66,7 @@ def test_run_writes_the_contracted_files(baseline):
     assert kept[-2:] == [15, 20] and len(kept) <= 3
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_exact(baseline, tmp_path):
     proc = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "0.15"})
     deadline = time.time() + 120

@@ -57,6 +57,7 @@ def test_a_bad_override_is_one_line_naming_it(args, message, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_check_prints_the_plan_and_writes_nothing(tmp_path):
     proc = cli(tmp_path / "w", *SMALL, "model_kwargs.width=16", flags=("--check",))
     out, err = proc.communicate(timeout=300)
@@ -67,6 +68,7 @@ def test_check_prints_the_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_check_refuses_a_misspelt_model_keyword_in_one_line(tmp_path):
     proc = cli(tmp_path / "w", *SMALL, "model_kwargs.widht=16", flags=("--check",))
     _, err = proc.communicate(timeout=300)
