@@ -34,6 +34,7 @@ def run_json(main, argv: str | list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_train_step_json_has_the_contract_fields(capsys):
     out = run_json(
         train_step.main,
@@ -82,6 +83,7 @@ def test_train_step_refuses_a_bad_override(capsys):
     assert "remat must be True or False, got 'yes'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compile_json(capsys):
     out = run_json(
         compile_bench.main,

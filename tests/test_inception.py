@@ -105,7 +105,8 @@ def materialize(name: str, seed: int = 0, **overrides) -> tuple[nnx.GraphDef, nn
         ("googlenet", 64, 2),
         # The paper's aux heads pool 5x5/3 to the 4x4 their fc1 takes: 224x224 input only.
         ("inception_v1", 224, 2),
-        ("inception_resnet_v2", 75, 0),  # timm's smallest input: 1x1 after mixed_7a
+        # timm's smallest input: 1x1 after mixed_7a.
+        pytest.param("inception_resnet_v2", 75, 0, marks=pytest.mark.slow),
     ],
 )
 def test_forward_train_and_eval(name, size, num_aux):

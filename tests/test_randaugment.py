@@ -158,6 +158,7 @@ def test_ops_match_timms_pil_calls(op):
             assert diff.max() <= (2 if op.name == "Color" else 1), (op.name, magnitude)
 
 
+@pytest.mark.slow
 def test_device_randaugment_is_keyed_by_step_and_example():
     images = jnp.asarray(np.stack([_image(16, 16, seed=s) for s in range(8)]).astype(np.uint8))
     augment = steps.device_augment("flip", 0, "2,9")

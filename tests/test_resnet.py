@@ -561,6 +561,7 @@ def _grads(**overrides) -> tuple[dict, str]:
     return (unstack_blocks(flat) if overrides.get("scan_blocks") else flat), str(jaxpr)
 
 
+@pytest.mark.slow
 def test_remat_same_gradients():
     """remat with scan_blocks: each stage's first block is rematerialized alone, the others
     inside the scan, so both paths are covered."""
@@ -589,6 +590,7 @@ def test_block_barrier_resolves_by_backend_and_is_checked():
         archs.create_model("resnet20", block_barrier="on")
 
 
+@pytest.mark.slow
 def test_block_barriers_train_as_without(drop_path_nets):
     """The barrier is the identity: a training step's loss, gradients and BatchNorm statistics
     are those without it (float32 tolerance of the scan_blocks tests)."""
