@@ -57,20 +57,23 @@ def main(argv: list[str]) -> None:
         console.quiet_library_logs()
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from archs.training import EXIT_CODES, plan, train_and_evaluate
-    from archs.training.parallel import initialize_distributed
-
     try:
+        from archs.training import EXIT_CODES, plan, train_and_evaluate
+        from archs.training.parallel import initialize_distributed
+
         config = load_config(_config_args)
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _CHECK.value:
             console.say(plan.describe(plan.plan_run(config, _WORKDIR.value)))
+            console.say("checks passed; nothing was written")
             sys.exit(ExitCode.COMPLETE)
         status = train_and_evaluate(config, _WORKDIR.value, argv=sys.argv)
     except ConfigError as e:
         _fail(str(e))
     except RunError as e:
         _fail(str(e), ExitCode.RUN_ERROR)
+    except KeyboardInterrupt:
+        _fail("interrupted before the run started; nothing to save", ExitCode.INTERRUPTED)
     sys.exit(EXIT_CODES[status])
 
 

@@ -277,3 +277,20 @@ def test_ema_columns_appear_when_a_run_averaged_its_weights(tmp_path):
     assert header.endswith("| best EMA top-1 % | final EMA top-1 % |")
     assert rows[-1].endswith("| 70.00 | 70.00 |") and rows[-2].endswith("| - | - |")
     assert "EMA" not in report.report(tmp_path / "ema=0", plots=False, with_cost=False)
+
+
+def test_runs_a_sweep_lists_are_reported_before_they_start(sweep_dir, capsys):
+    """A sweep stopped early: the runs its sweep.json lists that left nothing (never launched,
+    or stopped while importing) are rows too, not started."""
+    from archs.training.sweep import expand, write_sweep_list
+
+    names = [p.name for p in sweep_dir.iterdir()] + ["width=16,seed=0", "width=16,seed=1"]
+    runs = expand("c.py", [dict(n.split("=") for n in name.split(",")) for name in names], "x")
+    write_sweep_list(sweep_dir, runs)
+    (sweep_dir / "width=16,seed=0").mkdir()
+    (sweep_dir / "width=16,seed=0" / "train.log").write_text("KeyboardInterrupt\n")
+    assert report.main([str(sweep_dir), "--no-plots", "--no-cost"]) == 0
+    table = capsys.readouterr().out
+    for name in ("width=16,seed=0", "width=16,seed=1"):
+        assert f"| {name} | - | - | not started |" in table, table
+    assert table.count("| done |") == 4

@@ -65,6 +65,7 @@ def test_check_prints_the_plan_and_writes_nothing(tmp_path):
     assert "run      tiny_test (" in out and "width=16" in out
     assert "length   20 steps = 4 epochs of 5 steps" in out
     assert "(new run)" in out
+    assert out.splitlines()[-1] == "checks passed; nothing was written"
     assert not (tmp_path / "w").exists()
 
 

@@ -1,6 +1,7 @@
 """Compare runs: `python -m archs.training.report DIR`, DIR a sweep's --workdir or one run's.
 
-Reads every run directory (one holding `config.json`) under DIR, or DIR itself when it is one,
+Reads every run directory (one holding `config.json`, or listed by the sweep's `sweep.json`)
+under DIR, or DIR itself when it is one,
 in whatever state it is (done, running, preempted, interrupted, failed, stopped, not started:
 archs.training.runs) with the metrics it has so far. Prints a markdown table of the settings
 that differ between runs, each run's state, params and GMACs (archs.summary, at the run's image
@@ -36,6 +37,7 @@ from archs.training.runs import (
     read_metrics,
     run_status,
     summarize,
+    sweep_run_names,
 )
 
 SEED_KEY = "seed"
@@ -58,8 +60,9 @@ class RunResult:
 
 
 def load_run(run_dir: Path, with_cost: bool = True) -> RunResult:
-    """The run in `run_dir` (a directory holding config.json), whatever state it is in."""
-    config = _read_config(run_dir / CONFIG_NAME)
+    """The run in `run_dir`, whatever state it is in (with no settings before config.json)."""
+    started = (run_dir / CONFIG_NAME).exists()
+    config = _read_config(run_dir / CONFIG_NAME) if started else {}
     lines = sorted(read_metrics(run_dir / METRICS_NAME), key=lambda line: line["step"])
     result = RunResult(
         name=Path(os.path.abspath(run_dir)).name,  # "." named, symlinks not followed
@@ -118,7 +121,8 @@ def _cost_of(config: Mapping[str, Any]) -> tuple[int | None, float | None]:
 
 def run_dirs(path: str | Path) -> list[Path]:
     """`path` itself when it is a run's workdir (it holds config.json), else the run
-    directories under it (a sweep's --workdir), sorted by name."""
+    directories under it (a sweep's --workdir): those holding config.json and those its
+    sweep.json lists (which may not exist yet), sorted by name."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no such directory: {path}")
@@ -126,7 +130,8 @@ def run_dirs(path: str | Path) -> list[Path]:
         raise ValueError(f"{path} is not a directory (give a sweep's or a run's workdir)")
     if (path / CONFIG_NAME).is_file():
         return [path]
-    return sorted(config.parent for config in path.glob(f"*/{CONFIG_NAME}"))
+    started = {config.parent for config in path.glob(f"*/{CONFIG_NAME}")}
+    return sorted(started | {path / name for name in sweep_run_names(path)})
 
 
 def load_runs(path: str | Path, with_cost: bool = True) -> list[RunResult]:
@@ -135,7 +140,9 @@ def load_runs(path: str | Path, with_cost: bool = True) -> list[RunResult]:
 
 
 def varied_keys(results: Sequence[RunResult]) -> list[str]:
-    """Config keys whose values are not the same in every run (a missing key counts as None)."""
+    """Config keys whose values are not the same in every run that has settings (a missing
+    key counts as None); runs not started yet have none (their names say their overrides)."""
+    results = [r for r in results if r.config]
     keys = sorted({k for r in results for k in r.config})
     return [k for k in keys if len({repr(r.config.get(k)) for r in results}) > 1]
 

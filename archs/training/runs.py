@@ -24,6 +24,7 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 DONE_NAME = "done.json"
 PROVENANCE_NAME = "provenance.json"
+SWEEP_NAME = "sweep.json"  # in a sweep's --workdir: the runs it launches, by name
 
 STATES = (
     "done",  # done.json exists
@@ -196,3 +197,13 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
         ExitCode.INTERRUPTED: "interrupted",
     }
     return RunStatus(state.get(exit_status, "failed"), exit_status, current)
+
+
+def sweep_run_names(sweep_dir: str | os.PathLike) -> list[str]:
+    """The names of the runs a sweep launched into `sweep_dir` (its sweep.json), started or not;
+    [] where there is none."""
+    try:
+        runs = json.loads((Path(sweep_dir) / SWEEP_NAME).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [run["name"] for run in runs if isinstance(run, dict) and "name" in run]

@@ -36,7 +36,7 @@ from typing import Any
 from archs.cli_errors import ExitCode, first_line
 from archs.training.errors import ConfigError
 from archs.training.overrides import config_from_overrides, override_args
-from archs.training.runs import run_status
+from archs.training.runs import SWEEP_NAME, run_status
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
 LOG_NAME = "train.log"
@@ -267,7 +267,7 @@ def run_local(
             for slot in range(parallel):
                 if slot not in active and pending:
                     run = pending.pop(0)
-                    echo(f"start {run.name}")
+                    echo(f"start {run.name} (log {run.log_path})")
                     active[slot] = (run, _launch(run, train_command, slots[slot]))
             time.sleep(poll_s)
             for slot, (run, proc) in list(active.items()):
@@ -293,6 +293,8 @@ def run_local(
             proc.wait()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+        if forward == signal.SIGINT:
+            echo("the runs saved what they could; run the same command to resume the sweep")
     return outcomes
 
 
@@ -450,6 +452,7 @@ def run_sweep(
         return 0
     if check:
         return check_runs(runs, echo)
+    write_sweep_list(workdir, runs)
     unfinished = [run for run in runs if not run.finished]
     running = [run for run in unfinished if _running_elsewhere(run, echo)]
     todo = [run for run in unfinished if run not in running]
@@ -482,6 +485,16 @@ def run_sweep(
     elsewhere = f", {len(running)} running elsewhere" if running else ""
     echo(f"{finished}/{len(runs)} runs finished{elsewhere}")
     return 1 if failed else 0
+
+
+def write_sweep_list(workdir: str | os.PathLike, runs: Sequence[Run]) -> None:
+    """`workdir`/sweep.json: every run of the sweep by name, with its base and overrides, so
+    that a report lists the runs that have not started yet too."""
+    listed = [{"name": r.name, "base": r.base, "overrides": r.overrides} for r in runs]
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    path = Path(workdir) / SWEEP_NAME
+    path.with_suffix(".tmp").write_text(json.dumps({"runs": listed}, indent=1) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 def _running_elsewhere(run: Run, echo: Callable[[str], None]) -> bool:
