@@ -94,12 +94,18 @@ def test_every_smoke_preset_passes_train_checks(preset, tmp_path, monkeypatch):
     assert out[-1].startswith(f"{len(out) - 1}/{len(out) - 1} runs pass")
 
 
+# The presets whose first run is a CIFAR ResNet compile in seconds; the others' (VGG, GoogLeNet,
+# DenseNet, ResNet-50) take minutes each on a CPU, so CI trains those models in their own tests
+# and checks those presets' runs with train.py's parser and plan above.
+TRAINED_PRESETS = ["bn_group_size", "degradation", "se", "shortcuts", "tricks"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_the_first_run_of_every_smoke_preset_trains_through_train_py(preset, tmp_path):
-    """Each preset's first run, through the train.py command line it generates, cut to two
-    steps of 8 images at 32 pixels (the VGG and GoogLeNet presets train at 224)."""
-    base, overrides = sweep.load_sweep(str(preset) + ":smoke")
+@pytest.mark.parametrize("preset", TRAINED_PRESETS)
+def test_the_first_run_of_a_smoke_preset_trains_through_train_py(preset, tmp_path):
+    """The preset's first run, through the train.py command line it generates, cut to two
+    steps of 8 images at 32 pixels."""
+    base, overrides = sweep.load_sweep(f"{ROOT}/configs/sweeps/{preset}.py:smoke")
     run = sweep.expand(base, overrides[:1], tmp_path)[0]
     short = ["num_train_steps=2", "eval_every_steps=2", "batch_size=8", "image_size=32"]
     args = [a.removeprefix("--config.") for a in run.command([])[2:]] + short
