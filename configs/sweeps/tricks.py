@@ -41,8 +41,8 @@ Smoke: resnet20 on CIFAR-10 (`he` recipe), 4 runs of 40 steps at batch 32, one e
 baseline; + linear-scaled lr, warmup, zero gamma, no bias decay; + cosine, label smoothing,
 mixup; + CutMix, RandAugment, EMA, gradient clipping (norm 1.0; no cited ResNet-50 recipe
 clips) and flip evaluation. It shows that the knobs run together, not what they do; it leaves
-out bfloat16 (slow on CPU), ResNet-B/C (bottleneck and ImageNet-stem tweaks) and drop_path_rate
-(not a model keyword yet). About 11 minutes on a loaded 2-core CPU.
+out bfloat16 (slow on CPU) and ResNet-B/C (bottleneck and ImageNet-stem tweaks). About 11
+minutes on a loaded 2-core CPU.
 Command: python sweep.py --sweep=configs/sweeps/tricks.py --workdir=runs/tricks
          --launcher=slurm --parallel=8 && python -m archs.training.report runs/tricks
 Smoke:   python sweep.py --sweep=configs/sweeps/tricks.py:smoke --workdir=/tmp/tricks
