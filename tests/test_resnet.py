@@ -597,16 +597,23 @@ def test_block_barriers_train_as_without(drop_path_nets):
     plain = nnx.clone(drop_path_nets[0])
     cut = _build("resnet20", drop_path_rate=0.5, depths=(1, 3, 2), shortcut="B", block_barrier=True)
     plain.set_attributes(barrier=False)
+    _assert_trains_as(cut, plain)
+
+
+def _assert_trains_as(net: nnx.Module, plain: nnx.Module) -> None:
+    """One training forward and backward of `net` gives `plain`'s loss, gradients and updated
+    BatchNorm statistics."""
     x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
-    for net in (plain, cut):
-        net.train()
+    for model in (plain, net):
+        model.train()
     loss, grads = _loss_and_grads(plain, x)
-    cut_loss, cut_grads = _loss_and_grads(cut, x)
-    np.testing.assert_allclose(cut_loss, loss, rtol=1e-5)
+    net_loss, net_grads = _loss_and_grads(net, x)
+    np.testing.assert_allclose(net_loss, loss, rtol=1e-5)
+    assert net_grads.keys() == grads.keys()
     for path, value in grads.items():
-        np.testing.assert_allclose(cut_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(net_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
     for path, value in _batch_stats(plain).items():
-        np.testing.assert_allclose(_batch_stats(cut)[path], value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_batch_stats(net)[path], value, rtol=1e-5, atol=1e-6)
 
 
 def _batch_stats(model: nnx.Module) -> dict:
@@ -624,17 +631,7 @@ def test_scanned_stages_train_as_the_unrolled_ones(drop_path_nets):
     )
     assert _param_shapes(scanned) == _param_shapes(plain)
     assert _batch_stats(scanned).keys() == _batch_stats(plain).keys()
-    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
-    for net in (plain, scanned):
-        net.train()
-    loss, grads = _loss_and_grads(plain, x)
-    scanned_loss, scanned_grads = _loss_and_grads(scanned, x)
-    np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
-    assert scanned_grads.keys() == grads.keys()
-    for path, value in grads.items():
-        np.testing.assert_allclose(scanned_grads[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
-    stats, scanned_stats = _batch_stats(plain), _batch_stats(scanned)
+    _assert_trains_as(scanned, plain)
     initial = _batch_stats(drop_path_nets[0])
-    for path, value in stats.items():
+    for path, value in _batch_stats(plain).items():
         assert not np.allclose(value, initial[path]), path  # every block's statistics moved
-        np.testing.assert_allclose(scanned_stats[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
