@@ -36,7 +36,7 @@ CONTRACT_CONFIG_KEYS = {
     "bn_group_size", "ema_decay", "mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob",
     "randaugment", "grad_clip_norm", "writers", "eval_protocol", "data_pipeline",
     # documented in docs/design.md's key table; no contract key says "no bias decay"
-    "weight_decay_exclude_norm_bias",
+    "weight_decay_exclude_norm_bias", "image_size",
 }  # fmt: skip
 TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet2012": 1_281_167}
 

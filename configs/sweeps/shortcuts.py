@@ -28,5 +28,6 @@ def get_sweep(arg=None):
     )
     stride_in = product(model=["resnet50"], **{"model_kwargs.stride_in": ["1x1", "3x3"]})
     if small:
+        stride_in = product(stride_in, image_size=[32])
         return "configs/cifar10.py:resnet20", smoke(shortcuts + stride_in)
     return "configs/imagenet.py:resnet34", shortcuts + stride_in
