@@ -281,7 +281,8 @@ def run_local(
                     pending.append(run)
                     continue
                 outcomes.append(Outcome(run, code, "" if code == 0 else log_tail(run.log_path)))
-                echo(f"{_ended(code)} {run.name} (exit {code})")
+                if code != ExitCode.BAD_INPUT or run_status(run.workdir).state != "running":
+                    echo(f"{_ended(code)} {run.name} (exit {code})")
     except _Stopped as stopped:
         forward = stopped.signum
         echo(f"{signal.Signals(forward).name}: waiting for the running trainings to save")
