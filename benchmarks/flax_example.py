@@ -118,11 +118,18 @@ def compare(
     rounds: int,
     steps: int,
     peak_gflops: float,
+    model_kwargs: dict | None = None,
 ) -> dict[str, Any]:
-    """Ours and the flax example's train step of `name`, compiled then timed interleaved."""
+    """Ours (built with `model_kwargs`) and the flax example's train step of `name`, compiled
+    then timed interleaved."""
     mesh = ours.device_mesh()
     step, state, batch = ours.build_train_step(
-        name, batch_size=batch_size, image_size=image_size, dtype=jnp.float32, mesh=mesh
+        name,
+        batch_size=batch_size,
+        image_size=image_size,
+        dtype=jnp.float32,
+        mesh=mesh,
+        model_kwargs=model_kwargs,
     )
     with jax.set_mesh(mesh):
         our_exe, our_compile_s = ours.compile_step(step, state, batch)
@@ -138,7 +145,7 @@ def compare(
         steps,
     )
     devices = mesh.devices.size
-    our_gflops = ours.train_gflops_per_image(name, image_size, jnp.float32)
+    our_gflops = ours.train_gflops_per_image(name, image_size, jnp.float32, model_kwargs)
     flax_gflops = (
         ours.xla_flops(flax_step.lower(flax_state, flax_batch)) * devices / batch_size / 1e9
     )
@@ -163,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
     parser.add_argument("--peak-size", type=int, default=0, help="peak matmul size (0: default)")
+    parser.add_argument(
+        "--model-kwargs", default="{}", help="JSON for ours, e.g. a form to compare"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    model_kwargs = ours.parse_model_kwargs(parser, args.model_kwargs)
     try:
         models, train = load_example(args.flax_dir)
         for name in args.models:
@@ -184,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             steps=args.steps,
             peak_gflops=peak,
+            model_kwargs=model_kwargs,
         )
         for name in args.models
     }
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float32",
         "rounds": args.rounds,
         "steps_per_round": args.steps,
+        "model_kwargs": model_kwargs,
         "load_avg_1min_before": round(load_before, 2),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),

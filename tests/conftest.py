@@ -1,11 +1,23 @@
-"""Fixtures shared by the training tests (the helpers themselves are in training_support.py)."""
+"""Fixtures shared by the training tests (the helpers themselves are in training_support.py),
+and one XLA compilation cache for the whole test session."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The test processes, and the training subprocesses and notebook kernels they start, compile the
+# same programs again and again (the tiny model's steps above all): one persistent cache, set
+# before JAX is imported and inherited through the environment, compiles each once. Its keys
+# hold the program, the devices and the XLA flags, so a hit is the same executable.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "archs-tests-xla-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

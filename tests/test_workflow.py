@@ -45,7 +45,8 @@ def test_model_keywords_are_overridden_from_the_command_line():
         (["--config.model_kwargs.se_reduction=four"], "se_reduction must be an int, got 'four'"),
         (["--config.model_kwargs.zero_init_residual=yes"], "must be True or False, got 'yes'"),
         (["--config.lerning_rate=0.2"], "key 'lerning_rate'; did you mean learning_rate"),
-        (["--config.learning_rate=fast"], "could not convert string to float"),
+        (["--config.learning_rate=fast"], "learning_rate must be a float, got 'fast'"),
+        (["--config.batch_size=eight"], "batch_size must be an int, got 'eight'"),
     ],
 )  # fmt: skip
 def test_a_bad_override_is_one_line_naming_it(args, message, tmp_path):
@@ -102,16 +103,22 @@ TRAINED_PRESETS = ["bn_group_size", "degradation", "se", "shortcuts", "tricks"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", TRAINED_PRESETS)
-def test_the_first_run_of_a_smoke_preset_trains_through_train_py(preset, tmp_path):
-    """The preset's first run, through the train.py command line it generates, cut to two
-    steps of 8 images at 32 pixels."""
+def test_the_first_run_of_a_smoke_preset_trains_through_train_py(preset, repo_script, tmp_path):
+    """The preset's first run, through the train.py command line it generates (train.py's own
+    parser and main, in this process under mock data), cut to two steps of 8 images at 32
+    pixels."""
+    from absl import flags
+
+    train = repo_script("train.py")
     base, overrides = sweep.load_sweep(f"{ROOT}/configs/sweeps/{preset}.py:smoke")
     run = sweep.expand(base, overrides[:1], tmp_path)[0]
     short = ["num_train_steps=2", "eval_every_steps=2", "batch_size=8", "image_size=32"]
-    args = [a.removeprefix("--config.") for a in run.command([])[2:]] + short
-    proc = cli(tmp_path / run.name, *args, "data_dir=/nonexistent/tfds", config=base)
-    _, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
+    short += ["data_dir=/nonexistent/tfds"]
+    argv = ["train.py", *run.command([]), *(f"--config.{a}" for a in short)]
+    flags.FLAGS.unparse_flags()
+    with mock_datasets(), pytest.raises(SystemExit) as exit_:
+        train.main(train._parse(argv))
+    assert exit_.value.code == 0
     assert json.loads((tmp_path / run.name / "done.json").read_text())["step"] == 2
 
 
@@ -124,6 +131,26 @@ def test_a_complete_run_says_so_and_does_nothing(baseline, tmp_path, capsys):
     assert "complete: step 20, eval top-1" in capsys.readouterr().out
     assert (workdir / "metrics.jsonl").read_text() == before
     assert len(json.loads((workdir / "provenance.json").read_text())["launches"]) == 1
+
+
+def test_the_console_tells_the_run_as_one_story(tmp_path, capsys):
+    """The plan, then a line saying the step compiles, one progress line per interval, the
+    evaluation, the end; a relaunch says where it resumes."""
+    config = small_config(num_train_steps=6, log_every_steps=2, eval_every_steps=6)
+    with mock_datasets():
+        assert train_and_evaluate(config, str(tmp_path)) == COMPLETE
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("starting: compiling the train step; progress every 2 steps")
+    assert out[0].startswith("run      tiny_test (") and start > 0
+    progress = [line.split(" (")[0] for line in out if line.startswith("step ")]
+    assert progress == ["step 2/6", "step 4/6", "step 6/6"]
+    assert out.index(next(s for s in out if s.startswith("step 2/6"))) == start + 1
+    assert out[-2].startswith("eval at step 6:") and out[-1].startswith("done: step 6, eval top-1")
+    with mock_datasets():
+        assert train_and_evaluate(small_config(num_train_steps=8), str(tmp_path)) == COMPLETE
+    assert "resuming at step 6: compiling the train step; progress every step" in (
+        capsys.readouterr().out.splitlines()
+    )
 
 
 def test_changed_settings_are_named_with_old_and_new_values(baseline):
@@ -223,15 +250,18 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(baseline, tmp_path):
-    first = cli(tmp_path, *SMALL, env={"TINY_STEP_SLEEP": "1.0"})
+def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(tmp_path):
+    first = cli(tmp_path, *SMALL, "num_train_steps=400", env={"TINY_STEP_SLEEP": "0.5"})
     _wait_for(lambda: len(_train_steps(tmp_path)) >= 2, first)
-    second = cli(tmp_path, *SMALL)
+    second = cli(tmp_path, *SMALL, "num_train_steps=400")
     _, err = second.communicate(timeout=300)
     assert second.returncode == 2
     (line,) = err.strip().splitlines()
     assert line.startswith(f"train.py: error: workdir '{tmp_path}' is in use by pid {first.pid}")
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-2000:]
-    assert [r["step"] for r in lines(tmp_path)] == [r["step"] for r in lines(baseline)]
+    went_on = len(_train_steps(tmp_path)) + 2
+    _wait_for(lambda: len(_train_steps(tmp_path)) >= went_on, first)
+    _, out = _interrupt(first)
+    assert out.strip().splitlines()[-1].startswith("saved step ")
+    steps = _train_steps(tmp_path)
+    assert steps == list(range(1, len(steps) + 1))
     assert len(json.loads((tmp_path / "provenance.json").read_text())["launches"]) == 1

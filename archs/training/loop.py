@@ -238,6 +238,10 @@ class _Run:
             every_secs=None,
         )
         rate = _Rate(self.step, self.clock)
+        if self.step < total:
+            start = "starting" if self.step == 0 else f"resuming at step {self.step:,}"
+            every = "every step" if log_every == 1 else f"every {log_every:,} steps"
+            console.say(f"{start}: compiling the train step; progress {every}")
         with StopRequests() as stop, contextlib.closing(batches):
             pending = due(self.step, eval_every, total) and not self._evaluated(self.step)
             # A restored step whose evaluation was interrupted is evaluated first.

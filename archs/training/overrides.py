@@ -106,6 +106,21 @@ def _check_keys(base: ml_collections.ConfigDict, args: Sequence[str]) -> None:
                     f"unknown config key {'.'.join([*walked, part])!r}" + (hint if close else "")
                 )
             node, walked = node[part], [*walked, part]
+        if "=" in arg:
+            _check_number(path, arg.split("=", 1)[1], node)
+
+
+def _check_number(path: str, text: str, default: Any) -> None:
+    """A number key's override parses as one (before config_flags' raw `int()` message)."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return
+    kind, parse = ("an int", int) if isinstance(default, int) else ("a float", float)
+    try:
+        parse(text)
+    except ValueError:
+        raise ConfigError(
+            f"--config.{path} must be {kind}, got {text!r} (the config has {default!r})"
+        ) from None
 
 
 def load_config(args: Sequence[str]) -> ml_collections.ConfigDict:

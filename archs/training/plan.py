@@ -216,8 +216,10 @@ def plan_run(config: ml_collections.ConfigDict, workdir: str) -> Plan:
         fresh = _fresh_after_init_from(config, num_classes, init_source, abstract)
     preprocess = data.make_preprocess(config, info, source)
     config, normalization_source = _normalization(config, workdir, source, preprocess)
-    # config.json says how many classes the model was built with (0 meant the dataset's).
-    config = ml_collections.ConfigDict({**config.to_dict(), "num_classes": num_classes})
+    # config.json says how many classes and what image size the model was built with (0 meant
+    # the dataset's classes and the model's own size).
+    resolved = {"num_classes": num_classes, "image_size": preprocess.image_size}
+    config = ml_collections.ConfigDict({**config.to_dict(), **resolved})
     changed = _changed_settings(config, workdir)
     checkpoints = tuple(saved_steps(os.path.join(workdir, "checkpoints")))
     if config.eval_only and not checkpoints and not config.init_from:
