@@ -185,6 +185,7 @@ def test_host_randaugment_is_a_pure_function_of_the_seed():
     assert not np.array_equal(outs[0], outs[2])
 
 
+@pytest.mark.slow
 def test_stream_pipeline_applies_randaugment_and_resumes_exactly():
     with mock_datasets():
         c = tiny_config(dataset="imagenet2012", data_pipeline="stream", augment="inception")

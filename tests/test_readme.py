@@ -60,6 +60,7 @@ def test_every_readme_command_is_run_by_a_test_or_by_ci():
         assert command(prefix)
 
 
+@pytest.mark.slow
 def test_the_readme_train_command_checks_its_plan(tmp_path):
     """Offline, the README's command (which may download) passes every check."""
     out = run(
