@@ -97,6 +97,7 @@ def test_compile_json(capsys):
         assert row["compile_s"] > 0 and row["peak_memory_mb"] > 0
 
 
+@pytest.mark.slow
 def test_scaling_json(capsys):
     out = run_json(
         scaling.main,
@@ -122,6 +123,7 @@ def keep_affinity():
     os.sched_setaffinity(0, cores)
 
 
+@pytest.mark.slow
 def test_input_pipeline_json(capsys, keep_affinity):
     """CIFAR on tfds mock data (mocked datasets call themselves unprepared), and the
     ImageNet-style pipelines over synthetic JPEGs (DALI where it is installed)."""
@@ -140,6 +142,7 @@ def test_input_pipeline_json(capsys, keep_affinity):
         assert row["images_per_sec_per_core"] == pytest.approx(row["images_per_sec"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_input_pipeline_end_to_end_json(capsys, keep_affinity):
     """A tiny model trained from each ImageNet-style pipeline, beside synthetic data."""
     out = run_json(

@@ -126,7 +126,11 @@ def test_paper_gmacs_formula_reproduces_torchvision(blocks, k, tv_name):
 
 
 @pytest.mark.parametrize(
-    ("name", "size", "classes"), [("densenet121", 64, 1000), ("densenet_bc_100_12", 32, 10)]
+    ("name", "size", "classes"),
+    [
+        pytest.param("densenet121", 64, 1000, marks=pytest.mark.slow),
+        ("densenet_bc_100_12", 32, 10),
+    ],
 )
 def test_forward_train_and_eval_at_small_size(name, size, classes):
     model = materialize(name)

@@ -262,6 +262,7 @@ def _damage_newest(workdir: Path) -> int:
     return newest
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     from archs.training import COMPLETE
 
@@ -289,6 +290,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_p
     assert ("none" in str(e.value)) == (not saved)
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_and_counts(tmp_path):
     from archs.training import COMPLETE
 
@@ -299,6 +301,7 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
         assert np.all(np.isfinite(value)), name
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_clear_error_and_keeps_the_checkpoints(tmp_path):
     import orbax.checkpoint as ocp
 

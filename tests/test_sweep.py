@@ -228,6 +228,7 @@ def test_sigterm_to_the_sweep_reaches_its_runs(tmp_path, fake_train):
     assert (run_dir / "sigterm").exists()  # the training was told, not orphaned
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_same_jobs(tmp_path, fake_train):
     pytest.importorskip("submitit")
     runs = sweep.expand("c.py", [{"model": "a"}, {"model": "b", "preempt": 1}], tmp_path / "w")
