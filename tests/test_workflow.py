@@ -141,7 +141,8 @@ def test_the_console_tells_the_run_as_one_story(tmp_path, capsys):
         assert train_and_evaluate(config, str(tmp_path)) == COMPLETE
     out = capsys.readouterr().out.splitlines()
     start = out.index("starting: compiling the train step; progress every 2 steps")
-    assert out[0].startswith("run      tiny_test (") and start > 0
+    assert out[0].startswith("run      tiny_test (") and "tricks   " not in "\n".join(out)
+    assert out[start - 1] == "preparing: reading the data, building the model and its state"
     progress = [line.split(" (")[0] for line in out if line.startswith("step ")]
     assert progress == ["step 2/6", "step 4/6", "step 6/6"]
     assert out.index(next(s for s in out if s.startswith("step 2/6"))) == start + 1
@@ -150,6 +151,17 @@ def test_the_console_tells_the_run_as_one_story(tmp_path, capsys):
         assert train_and_evaluate(small_config(num_train_steps=8), str(tmp_path)) == COMPLETE
     assert "resuming at step 6: compiling the train step; progress every step" in (
         capsys.readouterr().out.splitlines()
+    )
+
+
+def test_the_plan_names_the_training_knobs_that_are_on(tmp_path):
+    from archs.training.plan import describe
+
+    knobs = {"ema_decay": 0.99, "mixup_alpha": 0.2, "randaugment": "2,9", "grad_clip_norm": 1.0}
+    with mock_datasets():
+        text = describe(plan_run(small_config(**knobs), str(tmp_path / "w")))
+    assert "tricks   EMA 0.99, mixup 0.2, RandAugment 2,9, gradient clip 1.0, mix_prob 1.0" in (
+        text.splitlines()
     )
 
 

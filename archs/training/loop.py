@@ -69,6 +69,7 @@ def train_and_evaluate(
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     with _workdir(plan, argv or [], record=True) as outcome:
+        console.say("preparing: reading the data, building the model and its state")
         mesh = parallel.make_mesh()
         with jax.set_mesh(mesh), _Run.build(plan, mesh) as run:
             run.restore()

@@ -314,6 +314,21 @@ def _triple(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
+def _tricks_text(c: ml_collections.ConfigDict) -> str:
+    """The training knobs that are on (they are all off by default)."""
+    knobs = [
+        (c.ema_decay, f"EMA {c.ema_decay}" + (" with warmup" if c.ema_warmup else "")),
+        (c.mixup_alpha, f"mixup {c.mixup_alpha}"),
+        (c.cutmix_alpha, f"CutMix {c.cutmix_alpha}"),
+        (c.randaugment, f"RandAugment {c.randaugment}"),
+        (c.grad_clip_norm, f"gradient clip {c.grad_clip_norm}"),
+    ]
+    on = [text for value, text in knobs if value]
+    if c.mixup_alpha or c.cutmix_alpha:
+        on.append(f"mix_prob {c.mix_prob}")
+    return ", ".join(on)
+
+
 def describe(plan: Plan) -> str:
     """The plan as the block printed before a run's first step (and by `train.py --check`)."""
     c = plan.config
@@ -351,6 +366,9 @@ def describe(plan: Plan) -> str:
         lines.append(start)
     if not c.eval_only:
         lines.append(f"optim    {_optimizer_text(c)}")
+        tricks = _tricks_text(c)
+        if tricks:
+            lines.append(f"tricks   {tricks}")
     lines.append(
         f"eval     {c.eval_protocol}, {_every(c.eval_every_steps, 'every epoch')}; checkpoints "
         f"{_every(c.checkpoint_every_steps, 'at each eval')}, keep {c.keep_checkpoints}"
