@@ -324,7 +324,7 @@ def _tricks_text(c: ml_collections.ConfigDict) -> str:
         (c.grad_clip_norm, f"gradient clip {c.grad_clip_norm}"),
     ]
     on = [text for value, text in knobs if value]
-    if c.mixup_alpha or c.cutmix_alpha:
+    if mixing.MixConfig.from_config(c).enabled:
         on.append(f"mix_prob {c.mix_prob}")
     return ", ".join(on)
 
