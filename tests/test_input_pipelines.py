@@ -28,7 +28,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from training_support import ROOT, SMALL, cli, final_model, lines, small_config, tiny_config
+from training_support import (
+    ROOT,
+    SMALL,
+    cli,
+    device_count_env,
+    final_model,
+    lines,
+    small_config,
+    tiny_config,
+)
 
 from archs.training import dali, data
 from archs.training.errors import ConfigError
@@ -265,7 +274,7 @@ def test_dali_makes_each_devices_rows_over_eight_devices(folder):
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        **device_count_env(8),
     }
     done = subprocess.run(
         [sys.executable, "-c", SHARDED, folder],
@@ -326,7 +335,7 @@ def test_dali_sigkill_and_resume_is_bitwise_exact(folder, dali_baseline, tmp_pat
 @needs_dali
 @pytest.mark.slow
 def test_dali_run_on_eight_devices_matches_one_device(folder, dali_baseline, tmp_path):
-    env = {**REAL_FILES, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**REAL_FILES, **device_count_env(8)}
     proc = cli(tmp_path, *SMALL, *_dali_run(folder), env=env)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]

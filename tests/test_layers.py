@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from training_support import device_count_env
 
 from archs import layers
 from archs.summary import abstract_model
@@ -441,7 +442,7 @@ print("ok")
 def test_ghost_batch_norm_under_jit_sharding_shard_map_and_pmap():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        **device_count_env(8),
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(

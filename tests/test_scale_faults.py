@@ -35,6 +35,7 @@ from training_support import (
     SMALL,
     _tiny,
     cli,
+    device_count_env,
     final_model,
     lines,
     mock_datasets,
@@ -71,7 +72,7 @@ def runs_in_subprocess(devices: int, runs: dict[Path, dict]) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        **device_count_env(devices),
     }
     done = subprocess.run(
         [sys.executable, "-c", code, spec],
@@ -88,7 +89,7 @@ def runs_in_subprocess(devices: int, runs: dict[Path, dict]) -> None:
 def eight_devices(tmp_path_factory):
     """The CLI's run on one process with 8 devices."""
     workdir = tmp_path_factory.mktemp("eight") / "w"
-    proc = cli(workdir, *SMALL, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    proc = cli(workdir, *SMALL, env=device_count_env(8))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     return workdir
@@ -169,7 +170,7 @@ def _two_processes(workdir: Path, *overrides: str, env: dict | None = None):
         cli(
             workdir,
             *overrides,
-            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", **(env or {})},
+            env={**device_count_env(4), **(env or {})},
             flags=(
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",

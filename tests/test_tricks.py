@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from training_support import TINY
+from training_support import TINY, device_count_env
 
 import archs
 from archs.training import base_config, ema, mixing, optim, steps
@@ -306,7 +306,7 @@ print("same on 1 and 8 devices")
 def test_mixed_batch_update_and_ema_are_the_same_on_1_and_8_devices():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        **device_count_env(8),
         "PYTHONPATH": str(ROOT),
     }
     out = subprocess.run(
@@ -444,7 +444,7 @@ def test_every_knob_on_8_devices_trains_evaluates_and_resumes_bitwise(pipeline, 
 
     from benchmarks.input_pipeline import synthetic_jpeg_folder
 
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = device_count_env(8)
     args = (*SMALL, *KNOBS, f"data_pipeline={pipeline}")
     if pipeline == "stream":
         synthetic_jpeg_folder(str(tmp_path / "images"), 48, classes=3, size=(40, 56))

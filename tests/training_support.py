@@ -126,6 +126,12 @@ def final_model(workdir):
     return read_model_state(str(workdir))
 
 
+def device_count_env(devices: int) -> dict[str, str]:
+    """XLA_FLAGS giving a subprocess `devices` CPU devices, with the session's other flags."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    return {"XLA_FLAGS": flags.strip()}
+
+
 def cli(workdir, *overrides, config="configs/cifar10.py:tiny_test,fast", env=None, flags=(), **kw):
     """train.py (under mock data) in a subprocess: `--config.KEY=VALUE` overrides, other flags."""
     args = [sys.executable, str(FAKE_TRAIN), f"--config={config}", f"--workdir={workdir}"]
