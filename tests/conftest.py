@@ -1,5 +1,5 @@
 """Fixtures shared by the training tests (the helpers themselves are in training_support.py),
-and one XLA compilation cache for the whole test session."""
+one XLA compilation cache for the whole test session, and the XLA flags the tests compile with."""
 
 import os
 import tempfile

@@ -89,10 +89,6 @@ def materialize(name: str, seed: int = 0, **overrides) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-# XLA's backend optimisations triple the compile time of these deep nets on CPU.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
 def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
     """model(x) compiled, with the model's BatchNorm statistics and RNG counts updated."""
     graphdef, state = nnx.split(model)
@@ -101,7 +97,7 @@ def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
         net = nnx.merge(graphdef, state)
         return net(x), nnx.state(net)
 
-    logits, state = jax.jit(pure, compiler_options=FAST_COMPILE)(state, x)
+    logits, state = jax.jit(pure)(state, x)
     nnx.update(model, state)
     return logits
 

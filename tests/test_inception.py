@@ -27,9 +27,6 @@ import archs
 from archs import googlenet, inception_resnet, layers, references
 from archs.summary import _jaxpr_macs, abstract_model, count_macs, count_params
 
-# Tiny inputs on a CPU: XLA's compile time matters, not the speed of the compiled code.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
 
 @pytest.mark.parametrize(
     ("name", "overrides", "params"),
@@ -112,7 +109,7 @@ def materialize(name: str, seed: int = 0, **overrides) -> tuple[nnx.GraphDef, nn
 def test_forward_train_and_eval(name, size, num_aux):
     graphdef, state = materialize(name, num_classes=7)
 
-    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
+    @jax.jit
     def train_then_eval(state, x):
         model = nnx.merge(graphdef, state)
         train = model(x, return_aux=True)
