@@ -110,7 +110,14 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policy,
+                create=True,
+                # Each save's directories are made before it returns (a few mkdirs): made in
+                # the background, they could come after the JSON item's write under load
+                # (orbax 0.12.8), which then failed with the checkpoint half-written.
+                async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
+            ),
         )
 
     def latest_step(self) -> int | None:
