@@ -19,9 +19,9 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The tests' programs are tiny: compiling them is most of their time, and XLA's backend
-# (LLVM) optimisations most of that (7m14s -> 4m36s for the default set, cold cache). They
-# change how fast a program runs, never what it computes beyond float rounding, which every
-# comparison here allows for or makes under the same flags on both sides.
+# (LLVM) optimisations most of that. They change how fast a program runs, never what it
+# computes beyond float rounding, which every comparison here allows for or makes under the
+# same flags on both sides.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
