@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from clu import periodic_actions
 
@@ -248,8 +249,15 @@ class _Run:
             # A restored step whose evaluation was interrupted is evaluated first.
             if self.step and pending and not self._evaluate_and_save(stop, save=False):
                 return self._stopped(stop)
+            finishing = None  # ready when the last step dispatched has run
             while self.step < total:
                 self.state = self.trainer.train_step(self.state, next(batches))
+                # JAX dispatches steps without waiting for them: wait for the previous one, so
+                # the host runs one step ahead of the devices (keeping them busy), not tens of
+                # steps, and a stop request is saved at the next step, not after a backlog.
+                if finishing is not None:
+                    finishing.block_until_ready()
+                finishing = jnp.copy(self.state.step)  # not donated to the next step
                 self.step += 1
                 if profile:
                     profile(self.step)
